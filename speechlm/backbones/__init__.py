@@ -1,0 +1,1 @@
+"""Pretrained backbones (Whisper speech encoders, LLMs) and the loaders/converters that bring them into PyTorch."""

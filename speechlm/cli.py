@@ -1,0 +1,113 @@
+"""``speechlm VERB ...``: each verb is a plain function, and its signature is the command line.
+
+Parameters without a default are positional; ``bool`` defaults become flags; ``list`` parameters take
+several values. The help of each option is the ``name: text`` line of the function's docstring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import sys
+import typing
+from typing import Callable
+
+
+def _verbs() -> dict[str, Callable]:
+    from speechlm.demo import demo
+    from speechlm.evaluate import evaluate
+    from speechlm.infer import transcribe
+    from speechlm.prepare import prepare
+    from speechlm.train import run_train
+
+    return {"demo": demo, "prepare": prepare, "train": run_train, "transcribe": transcribe, "eval": evaluate, "ls": ls}
+
+
+def ls(what: str = "all") -> dict[str, dict[str, str]]:
+    """List what is registered: encoders, adapters, llms, tasks, recipes, sizes (or all).
+
+    what: one of encoders, adapters, llms, tasks, recipes, sizes, all.
+    """
+    from speechlm.backbones.llm import LLMS
+    from speechlm.config import list_recipes, recipe_path
+    from speechlm.model.adapter import ADAPTERS
+    from speechlm.model.builders import ENCODERS, SIZES
+    from speechlm.tasks import TASKS
+
+    def first_line(text: str | None) -> str:
+        return (text or "").strip().splitlines()[0] if text else ""
+
+    tables = {
+        "encoders": dict(ENCODERS),
+        "adapters": {k: first_line(v.__doc__) or v.__name__ for k, v in ADAPTERS.items()},
+        "llms": dict(LLMS),
+        "tasks": {k: f"{t.description} [metric: {t.metric}; {len(t.instructions)}+{len(t.eval_instructions)} instructions]" for k, t in TASKS.items()},
+        "recipes": {k: first_line(recipe_path(k).read_text().lstrip("# ")) for k in list_recipes()},
+        "sizes": {k: f"encoder={v.encoder}, llm={v.llm}, adapter={v.adapter}" for k, v in SIZES.items()},
+    }
+    if what != "all" and what not in tables:
+        raise ValueError(f"unknown registry {what!r}; choose from {', '.join(tables)} or all")
+    chosen = tables if what == "all" else {what: tables[what]}
+    for name, entries in chosen.items():
+        print(f"{name}:")
+        for k, v in entries.items():
+            print(f"  {k:<24} {v}")
+    return chosen
+
+
+def _param_help(fn: Callable) -> dict[str, str]:
+    helps = {}
+    for line in inspect.getdoc(fn).splitlines() if fn.__doc__ else []:
+        name, sep, text = line.strip().partition(":")
+        if sep and name.isidentifier():
+            helps[name] = text.strip()
+    return helps
+
+
+def _add_verb(sub, name: str, fn: Callable) -> None:
+    doc = inspect.getdoc(fn) or ""
+    p = sub.add_parser(name, help=doc.splitlines()[0] if doc else name, description=doc.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    helps = _param_help(fn)
+    hints = typing.get_type_hints(fn)
+    for pname, param in inspect.signature(fn).parameters.items():
+        ann = hints.get(pname, str)
+        is_list = typing.get_origin(ann) is list
+        flag = "--" + pname.replace("_", "-")
+        h = helps.get(pname, "")
+        if param.default is inspect.Parameter.empty:
+            p.add_argument(pname, nargs="+" if is_list else None, help=h)
+        elif isinstance(param.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=param.default, help=h)
+        elif is_list:
+            p.add_argument(flag, dest=pname, nargs="+", action="extend", default=None, help=h)
+        else:
+            typ = type(param.default) if param.default is not None else str
+            p.add_argument(flag, dest=pname, type=typ, default=param.default, help=h)
+    p.set_defaults(_fn=fn)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = argparse.ArgumentParser(prog="speechlm", description="Build, train, evaluate and serve speech language models.")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for name, fn in _verbs().items():
+        _add_verb(sub, name, fn)
+    args = vars(parser.parse_args(argv))
+    fn = args.pop("_fn")
+    args.pop("verb")
+    args = {k: (v if v is not None else []) for k, v in args.items()}
+    try:
+        fn(**args)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        if os.environ.get("SPEECHLM_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"speechlm {fn.__name__}: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

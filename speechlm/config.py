@@ -1,0 +1,200 @@
+"""Typed configuration: one dataclass per concern, a docstring per field (the field docs are the CLI help).
+
+YAML recipes (``speechlm/recipes/*.yaml``) hold values only, never import paths:
+
+    model: {encoder: whisper-tiny.en, llm: smollm2-135m-instruct, adapter: stack}
+    data: {train_manifest: ..., max_seconds_per_batch: 20}
+    train: {lr: 1e-3, max_steps: 300}
+
+``load_recipe(name_or_path, overrides)`` resolves a shipped recipe name or a YAML file, then applies
+``section.field=value`` overrides; unknown keys are errors naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "whisper-tiny.en"
+    """Speech encoder: a registry name (`speechlm ls encoders`) or a Hugging Face Whisper folder / hub id."""
+    llm: str = "smollm2-135m-instruct"
+    """Decoder-only LLM: a registry name (`speechlm ls llms`) or a Hugging Face causal-LM folder / hub id."""
+    adapter: str = "stack"
+    """Adapter: `stack` (frame stacking + MLP, Ultravox) or `conv` (strided conv1d, SpeechVerse/OSUM)."""
+    downsample: int = 8
+    """Encoder frames per LLM token. Whisper gives 50 frames/s; 8 gives 6.25 audio tokens/s (Ultravox uses 8)."""
+    adapter_hidden: int = 1024
+    """Hidden width of the adapter MLP / conv channels."""
+    lora_r: int = 8
+    """LoRA rank on the LLM (0 freezes the LLM entirely)."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA branch."""
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """LLM linear layers that get LoRA adapters (module-name suffixes)."""
+    train_encoder_layers: int = 0
+    """Number of top encoder layers to train (0 keeps the encoder frozen)."""
+    pad_audio_to_30s: bool = False
+    """Pad every clip to 30 s before the encoder (Whisper's training setup) instead of encoding its real length."""
+    system_prompt: str = ""
+    """System turn of the chat prompt. "" sends an empty one (SmolLM2's template would otherwise insert a
+    ~20-token default on every clip); `default` leaves the template's own choice."""
+    audio_token: str = "<|audio|>"
+    """Placeholder token in the chat prompt that is replaced by the adapter's output frames."""
+    max_audio_seconds: float = 30.0
+    """Longest clip accepted (Whisper positional embeddings cover 30 s)."""
+
+
+@dataclass
+class DataConfig:
+    train_manifest: str = ""
+    """JSONL manifest of training clips (see speechlm.data.manifest for the schema)."""
+    val_manifest: str = ""
+    """Optional JSONL manifest scored for validation loss during training."""
+    task: str = "asr"
+    """Task record name (`speechlm ls tasks`): prompt template, target field, loss mask, metric."""
+    max_seconds_per_batch: float = 20.0
+    """Budget of audio seconds per global batch (before gradient accumulation)."""
+    max_batch: int = 16
+    """Upper bound on clips per batch, whatever their duration."""
+    num_buckets: int = 10
+    """Duration buckets: clips of similar length batch together to cut padding."""
+    skip_bad: bool = False
+    """Skip (and count) bad manifest lines or audio instead of stopping with an error."""
+    num_workers: int = 0
+    """DataLoader worker processes for audio loading (0 loads in the training process)."""
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/default"
+    """Run folder: checkpoints, logs, plots."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW (adapter and LoRA)."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay."""
+    warmup_steps: int = 20
+    """Linear warm-up steps before the cosine decay."""
+    max_steps: int = 200
+    """Optimizer steps in total (the cosine schedule ends here)."""
+    max_minutes: float = 0.0
+    """Stop (and save) after this many minutes of training; 0 means no time limit."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    clip_grad: float = 1.0
+    """Gradient-norm clipping threshold (0 disables)."""
+    bf16: bool = False
+    """bf16 autocast for the forward pass (fast on GPUs and CPUs with AVX512-BF16/AMX; slow on plain AVX2)."""
+    seed: int = 0
+    """Seed for weights, sampler and instruction choice."""
+    log_every: int = 5
+    """Write a log line (JSONL + TensorBoard) every N optimizer steps."""
+    save_every: int = 100
+    """Write a checkpoint every N optimizer steps (and always at the end)."""
+    eval_every: int = 0
+    """Compute validation loss every N steps (0: only at the end, if a val manifest is set)."""
+    device: str = "auto"
+    """`auto` (cuda if available, else cpu), `cpu` or `cuda`."""
+    threads: int = 0
+    """torch intra-op threads (0 keeps torch's default)."""
+
+
+@dataclass
+class RecipeConfig:
+    name: str = "custom"
+    """Recipe name, for logs and reports."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model composition."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training data."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation and run folder."""
+
+
+class ConfigError(ValueError):
+    """A recipe file or override that does not fit the config schema."""
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in (values or {}).items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
+        f = known[key]
+        sub = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}.get(key) if cls is RecipeConfig else None
+        kwargs[key] = _build(sub, value, f"{where}.{key}") if sub else _coerce(value, f, where)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, f: dataclasses.Field, where: str) -> Any:
+    """YAML/CLI strings into the field's type (bool, int, float, list)."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, list):
+            return [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
+        return str(value) if value is not None else value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}.{f.name}: cannot read {value!r} as {type(default).__name__}") from None
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A shipped recipe name (``tiny``, ``demo``) or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    shipped = RECIPE_DIR / f"{name_or_path}.yaml"
+    if shipped.exists():
+        return shipped
+    raise ConfigError(f"no recipe {name_or_path!r}: shipped recipes are {', '.join(list_recipes())}, or give a .yaml path")
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> RecipeConfig:
+    """Read a recipe and apply ``section.field=value`` overrides."""
+    path = recipe_path(name_or_path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for item in overrides or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"override {item!r}: expected section.field=value, e.g. train.max_steps=50")
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"override {item!r}: {section!r} is not a section")
+        raw[section][name] = yaml.safe_load(value) if value else value
+    raw.setdefault("name", path.stem)
+    return _build(RecipeConfig, raw, str(path))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict[str, Any]) -> RecipeConfig:
+    return _build(RecipeConfig, d, "<checkpoint config>")

@@ -1,0 +1,70 @@
+"""Manifest cuts -> model batches: audio loading, task prompts, answer tokens, collation.
+
+The dataset is where a task record meets a manifest line: it draws an instruction paraphrase
+(deterministically from seed, epoch and cut id, so a resumed run sees the same prompts), formats the user
+message, and turns the task's target field into answer tokens.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import lru_cache
+
+import torch
+from torch.utils.data import Dataset
+
+from speechlm.data.audio import AudioError, load_audio
+from speechlm.data.manifest import Cut
+from speechlm.model.speechlm import Batch, PromptFormatter, PromptIds
+from speechlm.tasks import Task
+
+
+class SpeechDataset(Dataset):
+    def __init__(self, cuts: list[Cut], task: Task, formatter: PromptFormatter, seed: int = 0,
+                 held_out_instructions: bool = False, with_targets: bool = True, skip_bad: bool = False):
+        self.cuts = cuts
+        self.task = task
+        self.formatter = formatter
+        self.seed = seed
+        self.epoch = 0
+        self.held_out = held_out_instructions
+        self.with_targets = with_targets
+        self.skip_bad = skip_bad
+        self._prompt = lru_cache(maxsize=256)(self._prompt_uncached)
+
+    def __len__(self) -> int:
+        return len(self.cuts)
+
+    def _prompt_uncached(self, instruction: str) -> PromptIds:
+        return self.formatter.prompt_ids(self.task.user_message(instruction, self.formatter.audio_token))
+
+    def __getitem__(self, i: int) -> dict | None:
+        cut = self.cuts[i]
+        try:
+            wave = load_audio(cut.audio, start=cut.start, duration=cut.duration)  # [N] float32, 16 kHz
+        except AudioError as e:
+            if self.skip_bad:
+                return None
+            raise AudioError(f"{cut.source or cut.id}: {e}") from e
+        rng = random.Random(f"{self.seed}:{self.epoch}:{cut.id}")
+        prompt = self._prompt(self.task.instruction(rng, held_out=self.held_out))
+        item = {"id": cut.id, "wave": torch.from_numpy(wave), "prompt": prompt}
+        if self.with_targets:
+            try:
+                item["target"] = self.formatter.target_ids(self.task.target_text(cut.text, cut.labels))
+            except ValueError as e:
+                raise ValueError(f"{cut.source or cut.id}: {e}") from e
+        return item
+
+
+def collate(items: list[dict | None]) -> Batch | None:
+    """Items -> Batch; items that failed to load under ``skip_bad`` (None) are dropped."""
+    items = [it for it in items if it is not None]
+    if not items:
+        return None
+    return Batch(
+        ids=[it["id"] for it in items],
+        waves=[it["wave"] for it in items],
+        prompts=[it["prompt"] for it in items],
+        targets=[it["target"] for it in items] if "target" in items[0] else None,
+    )

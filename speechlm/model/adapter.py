@@ -1,0 +1,64 @@
+"""Adapters: encoder frames [B, F, D] -> LLM input embeddings [B, A, H] at a lower frame rate.
+
+Legend: B batch, F encoder frames (50/s for Whisper), D encoder width, A audio tokens (F / k), H LLM width,
+k downsampling factor.
+
+- ``StackingProjector`` (Ultravox, Fixie.ai 2024): concatenate k consecutive frames, then an MLP.
+- ``ConvDownsampler`` (SpeechVerse, Das et al. 2024; OSUM, Geng et al. 2025): strided conv1d layers of
+  stride 2 (log2 k of them), then a linear projection.
+Both map lengths with ``out_lengths`` so padded frames never become audio tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class StackingProjector(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, k: int = 8, hidden: int = 1024):
+        super().__init__()
+        self.k = k
+        self.norm = nn.LayerNorm(in_dim * k)
+        self.proj = nn.Sequential(nn.Linear(in_dim * k, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+    def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return (lengths + self.k - 1) // self.k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, f, d = x.shape  # [B, F, D]
+        pad = (-f) % self.k
+        x = nn.functional.pad(x, (0, 0, 0, pad))  # [B, F', D], F' multiple of k
+        x = x.reshape(b, (f + pad) // self.k, d * self.k)  # [B, A, D*k]
+        return self.proj(self.norm(x))  # [B, A, H]
+
+
+class ConvDownsampler(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, k: int = 4, hidden: int = 1024):
+        super().__init__()
+        if k < 1 or k & (k - 1):
+            raise ValueError(f"conv adapter needs a power-of-two downsample factor, got {k}")
+        self.k = k
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(int(math.log2(k))):
+            layers += [nn.Conv1d(dim, hidden, kernel_size=3, stride=2, padding=1), nn.GELU()]
+            dim = hidden
+        self.convs = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, out_dim)
+
+    def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        for _ in range(int(math.log2(self.k))):
+            lengths = (lengths + 1) // 2  # kernel 3, stride 2, padding 1: ceil(L / 2)
+        return lengths
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.convs(x.transpose(1, 2)).transpose(1, 2)  # [B, D, F] -> [B, A, C]
+        return self.proj(self.norm(x))  # [B, A, H]
+
+
+ADAPTERS: dict[str, type[nn.Module]] = {"stack": StackingProjector, "conv": ConvDownsampler}
+"""Adapter registry, keyed by the name used in recipes (`model.adapter`)."""

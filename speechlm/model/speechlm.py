@@ -1,0 +1,188 @@
+"""``SpeechLM(encoder, adapter, llm)``: audio frames spliced into an LLM's chat prompt, by composition.
+
+Legend: B batch, N samples, F encoder frames, A audio tokens, P prompt tokens, Y answer tokens,
+L = P + A + Y spliced sequence length, H LLM width, V vocabulary.
+
+The prompt is the LLM's own chat template with a placeholder (``<|audio|>``) in the user message; the text
+is split at the placeholder and the adapter's A frames are spliced in between, so any chat LLM works
+without adding tokens to its vocabulary. The loss counts answer tokens only (prompt and audio are masked),
+and the LM head runs only at the positions that predict answer tokens: with a 49k vocabulary and ~100
+prompt+audio positions per clip, full logits would be most of the head's cost for nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+IGNORE = -100
+
+
+@dataclass
+class PromptIds:
+    """A tokenized prompt split at the audio placeholder."""
+
+    before: list[int]
+    """Tokens before the placeholder (system turn, start of the user turn)."""
+    after: list[int]
+    """Tokens after it (instruction, end of the user turn, start of the assistant turn)."""
+
+
+@dataclass
+class Batch:
+    """What the model consumes: clips, their prompts and (for training) answer tokens."""
+
+    ids: list[str]
+    """Clip ids, for logs and error messages."""
+    waves: list[torch.Tensor]
+    """16-kHz mono waveforms, each [N_i]."""
+    prompts: list[PromptIds]
+    """Prompt per clip."""
+    targets: list[list[int]] | None = None
+    """Answer tokens per clip, ending with the end-of-turn token (None at inference)."""
+
+
+class PromptFormatter:
+    """Chat-template prompts split at the audio placeholder, and answer tokens. Small and picklable, so
+    dataloader workers can tokenize without holding the model."""
+
+    def __init__(self, tokenizer, audio_token: str = "<|audio|>", system_prompt: str = ""):
+        self.tokenizer = tokenizer
+        self.audio_token = audio_token
+        self.system_prompt = system_prompt
+        self.eos_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+
+    def prompt_ids(self, user_message: str) -> PromptIds:
+        """Render the chat template around ``user_message`` and split it at the audio placeholder."""
+        messages = [{"role": "user", "content": user_message}]
+        if self.system_prompt != "default":
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if text.count(self.audio_token) != 1:
+            raise ValueError(f"prompt must contain the audio placeholder {self.audio_token!r} exactly once: {user_message!r}")
+        before, after = text.split(self.audio_token)
+        return PromptIds(self._ids(before), self._ids(after))
+
+    def target_ids(self, answer: str) -> list[int]:
+        """Answer tokens followed by the end-of-turn token, so the model learns to stop."""
+        return self._ids(answer) + [self.eos_id]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+
+class SpeechLM(nn.Module):
+    def __init__(self, encoder: nn.Module, adapter: nn.Module, llm: nn.Module, tokenizer, audio_token: str = "<|audio|>",
+                 system_prompt: str = ""):
+        super().__init__()
+        self.encoder = encoder
+        self.adapter = adapter
+        self.llm = llm  # a transformers causal LM, possibly wrapped by peft
+        self.tokenizer = tokenizer
+        self.audio_token = audio_token
+        self.formatter = PromptFormatter(tokenizer, audio_token, system_prompt)
+
+    # ---- pieces of the LLM, whether or not peft wraps it -------------------------------------------
+    @property
+    def causal_lm(self) -> nn.Module:
+        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+
+    @property
+    def decoder(self) -> nn.Module:
+        lm = self.causal_lm
+        return getattr(lm, lm.base_model_prefix)
+
+    @property
+    def eos_id(self) -> int:
+        return self.formatter.eos_id
+
+    def prompt_ids(self, user_message: str) -> PromptIds:
+        return self.formatter.prompt_ids(user_message)
+
+    def target_ids(self, answer: str) -> list[int]:
+        return self.formatter.target_ids(answer)
+
+    # ---- audio -------------------------------------------------------------------------------------
+    def encode_audio(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """waves -> audio embeddings [B, A, H] and their lengths [B]."""
+        frozen = not any(p.requires_grad for p in self.encoder.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            frames, lengths = self.encoder(waves)  # [B, F, D], [B]
+        audio = self.adapter(frames)  # [B, A, H]
+        return audio, self.adapter.out_lengths(lengths)
+
+    # ---- splicing ----------------------------------------------------------------------------------
+    def splice(self, batch: Batch, audio: torch.Tensor, audio_lengths: torch.Tensor, left_pad: bool = False):
+        """Build inputs_embeds [B, L, H], attention_mask [B, L] and labels [B, L] (IGNORE outside answers)."""
+        embed = self.causal_lm.get_input_embeddings()
+        dev = audio.device
+        seqs, labels = [], []
+        for i, prompt in enumerate(batch.prompts):
+            target = batch.targets[i] if batch.targets is not None else []
+            text_ids = torch.tensor(prompt.before + prompt.after + target, device=dev)
+            text_emb = embed(text_ids)  # [P+Y, H]
+            nb, na = len(prompt.before), len(prompt.before) + len(prompt.after)
+            a = int(audio_lengths[i])
+            seqs.append(torch.cat([text_emb[:nb], audio[i, :a].to(text_emb.dtype), text_emb[nb:]]))  # [L_i, H]
+            lab = torch.full((seqs[-1].shape[0],), IGNORE, dtype=torch.long, device=dev)
+            if target:
+                lab[-len(target):] = torch.tensor(target, device=dev)
+            labels.append(lab)
+        lengths = [s.shape[0] for s in seqs]
+        l_max, h = max(lengths), seqs[0].shape[1]
+        emb = seqs[0].new_zeros(len(seqs), l_max, h)  # [B, L, H]
+        mask = torch.zeros(len(seqs), l_max, dtype=torch.long, device=dev)  # [B, L]
+        lab = torch.full((len(seqs), l_max), IGNORE, dtype=torch.long, device=dev)  # [B, L]
+        for i, (s, n) in enumerate(zip(seqs, lengths)):
+            sl = slice(l_max - n, l_max) if left_pad else slice(0, n)
+            emb[i, sl], mask[i, sl], lab[i, sl] = s, 1, labels[i]
+        return emb, mask, lab
+
+    # ---- training ----------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed cross-entropy over answer tokens and their count (the caller normalizes globally)."""
+        audio, audio_lengths = self.encode_audio(batch.waves)  # [B, A, H], [B]
+        emb, mask, labels = self.splice(batch, audio, audio_lengths)  # [B, L, H], [B, L], [B, L]
+        hidden = self.decoder(inputs_embeds=emb, attention_mask=mask).last_hidden_state  # [B, L, H]
+        nxt = labels[:, 1:]  # [B, L-1] token each position predicts
+        pick = nxt != IGNORE  # [B, L-1]
+        logits = self.causal_lm.get_output_embeddings()(hidden[:, :-1][pick])  # [Y_total, V]
+        loss = nn.functional.cross_entropy(logits.float(), nxt[pick], reduction="sum")
+        return loss, pick.sum()
+
+    # ---- inference ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, waves: list[torch.Tensor], prompts: list[PromptIds], max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:
+        """Greedy (num_beams=1) or beam search with the LLM's KV cache; returns decoded answers."""
+        batch = Batch(ids=[str(i) for i in range(len(waves))], waves=waves, prompts=prompts)
+        audio, audio_lengths = self.encode_audio(waves)
+        emb, mask, _ = self.splice(batch, audio, audio_lengths, left_pad=True)  # left padding for generation
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        out = self.causal_lm.generate(
+            inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
+            do_sample=False, eos_token_id=self.eos_id, pad_token_id=pad_id,
+        )  # [B, <=max_new_tokens]: only new tokens when generating from embeddings
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    # ---- trainable state ---------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the trained weights (adapter, LoRA, unfrozen encoder layers): what a checkpoint stores."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if k in names}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        own = dict(self.named_parameters())
+        missing = {n for n, p in own.items() if p.requires_grad} - set(state)
+        unknown = set(state) - set(own)
+        if missing or unknown:
+            raise KeyError(f"checkpoint does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unknown)[:5]}")
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v)
+
+    def num_params(self) -> dict[str, int]:
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"total": total, "trainable": trainable}

@@ -1,0 +1,341 @@
+"""The training loop: setup / train / save / cleanup, in one readable function.
+
+Runs as a plain process on a CPU and unchanged under ``torchrun --nproc_per_node N`` (DDP: gloo on CPU, NCCL
+on GPUs). Every rank iterates the same global batch plan and takes its own shard of each batch
+(``DurationBatchSampler``); the loss is the summed cross-entropy divided by the answer-token count of the
+whole global batch (all-reduced), so N processes compute exactly the gradient of one process with the same
+global batch.
+
+Checkpoints (``OUT/checkpoints/step-NNNNNN``, written atomically, ``OUT/checkpoints/latest`` names the newest)
+hold the trainable weights, optimizer, scheduler, RNG states, sampler position, resolved config and the
+tokenizer: ``resume`` continues as if the run had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from speechlm.config import RecipeConfig, from_dict, to_dict
+from speechlm.data.manifest import Cut, ManifestError, read_manifest, validate
+from speechlm.data.sampler import DurationBatchSampler
+from speechlm.dataset import SpeechDataset, collate
+from speechlm.model.builders import build_speechlm
+from speechlm.model.speechlm import Batch, SpeechLM
+from speechlm.tasks import get_task
+from speechlm.utils import atomic_dir, atomic_open, write_json
+
+CKPT_DIR = "checkpoints"
+
+
+# ---------------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------------
+def save_checkpoint(model: SpeechLM, cfg: RecipeConfig, out_dir: Path, step: int, extra: dict) -> Path:
+    """Write ``checkpoints/step-NNNNNN`` atomically, then point ``checkpoints/latest`` at it."""
+    from safetensors.torch import save_file
+
+    root = out_dir / CKPT_DIR
+    path = root / f"step-{step:06d}"
+    with atomic_dir(path) as tmp:
+        save_file({k: v.contiguous() for k, v in model.trainable_state_dict().items()}, str(tmp / "trainable.safetensors"))
+        torch.save(extra, tmp / "state.pt")
+        write_json(tmp / "config.json", to_dict(cfg))
+        model.tokenizer.save_pretrained(tmp / "tokenizer")
+        write_json(tmp / "meta.json", {"step": step, "params": model.num_params(), "time": time.time()})
+    with atomic_open(root / "latest", "w") as f:
+        f.write(path.name + "\n")
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint folder, or a run folder / checkpoints folder (then its latest checkpoint)."""
+    p = Path(path)
+    for candidate in (p, p / CKPT_DIR):
+        if (candidate / "trainable.safetensors").exists():
+            return candidate
+        if (candidate / "latest").exists():
+            return candidate / (candidate / "latest").read_text().strip()
+    raise FileNotFoundError(f"no checkpoint in {p} (expected trainable.safetensors or {CKPT_DIR}/latest)")
+
+
+def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[SpeechLM, RecipeConfig, Path]:
+    """Rebuild the model from the checkpoint's own config and load its trained weights."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    ckpt = resolve_checkpoint(path)
+    cfg = from_dict(json.loads((ckpt / "config.json").read_text()))
+    model = build_speechlm(cfg.model, seed=cfg.train.seed)
+    model.load_trainable_state_dict(load_file(str(ckpt / "trainable.safetensors")))
+    if (ckpt / "tokenizer").exists():
+        from speechlm.model.speechlm import PromptFormatter
+
+        model.tokenizer = AutoTokenizer.from_pretrained(ckpt / "tokenizer")
+        model.formatter = PromptFormatter(model.tokenizer, model.audio_token, cfg.model.system_prompt)
+    return model.to(device).eval(), cfg, ckpt
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------
+def lr_lambda(warmup: int, total: int, floor: float = 0.1):
+    """Linear warm-up, then cosine decay to ``floor`` x peak at ``total`` steps."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_cuts(manifest: str, required: tuple[str, ...], max_duration: float, skip_bad: bool) -> tuple[list[Cut], dict]:
+    """Read and check a manifest up front: bad lines fail now (or are counted with skip_bad), not mid-epoch."""
+    if not manifest:
+        raise ManifestError("no training manifest: set data.train_manifest or pass --train-manifest")
+    if not Path(manifest).exists():
+        raise ManifestError(f"{manifest}: manifest not found")
+    report = validate(manifest, required_fields=required, max_duration=max_duration, skip_bad=skip_bad)
+    if not report.good:
+        raise ManifestError(f"{manifest}: no usable cuts ({report.summary()})")
+    return list(report.good), {"good": report.n_good, "bad": report.n_bad, "problems": report.bad[:20]}
+
+
+def move(batch: Batch, device: torch.device) -> Batch:
+    if device.type != "cpu":
+        batch.waves = [w.to(device, non_blocking=True) for w in batch.waves]
+    return batch
+
+
+def setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return rank, world, device
+
+
+@torch.no_grad()
+def validation_loss(model: SpeechLM, cuts: list[Cut], cfg: RecipeConfig, device: torch.device) -> float:
+    task = get_task(cfg.data.task)
+    ds = SpeechDataset(cuts, task, model.formatter, seed=cfg.train.seed)
+    sampler = DurationBatchSampler([c.duration for c in cuts], cfg.data.max_seconds_per_batch, cfg.data.max_batch, shuffle=False)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for idx in sampler:
+        batch = collate([ds[i] for i in idx])
+        loss, n = model(move(batch, device))
+        total, count = total + float(loss), count + int(n)
+    model.train(was_training)
+    return total / max(1, count)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------------
+def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -> Path:
+    """Train ``cfg``; returns the final checkpoint folder. ``resume``: a checkpoint or run folder, or ``auto``."""
+    # ---- setup ------------------------------------------------------------------------------------
+    rank, world, device = setup_distributed(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    out_dir = Path(cfg.train.out_dir)
+    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+    task = get_task(cfg.data.task)
+    required = ("text",) if task.target == "text" else (task.target,)
+    cuts, data_report = load_cuts(cfg.data.train_manifest, required, cfg.model.max_audio_seconds, cfg.data.skip_bad)
+    val_cuts = load_cuts(cfg.data.val_manifest, required, cfg.model.max_audio_seconds, cfg.data.skip_bad)[0] if cfg.data.val_manifest else []
+
+    model = build_speechlm(cfg.model, seed=cfg.train.seed).to(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps))
+    sampler = DurationBatchSampler(
+        [c.duration for c in cuts], cfg.data.max_seconds_per_batch, cfg.data.max_batch,
+        shuffle=True, seed=cfg.train.seed, rank=rank, world_size=world,
+    )
+    dataset = SpeechDataset(cuts, task, model.formatter, seed=cfg.train.seed, skip_bad=cfg.data.skip_bad)
+
+    step, consumed = 0, 0
+    if resume:
+        ckpt = resolve_checkpoint(out_dir if resume == "auto" else resume)
+        from safetensors.torch import load_file
+
+        model.load_trainable_state_dict(load_file(str(ckpt / "trainable.safetensors")))
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        step, consumed = state["step"], state["sampler"]["position"]
+        if rank == 0:
+            print(f"[speechlm] resumed from {ckpt} at step {step}", flush=True)
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    log_path = out_dir / "train_log.jsonl"
+    writer = bar = None
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "config.json", to_dict(cfg))
+        write_json(out_dir / "data_report.json", data_report)
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        writer = SummaryWriter(str(out_dir / "tensorboard"))
+        bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+        n = model.num_params()
+        print(f"[speechlm] {len(cuts)} training clips ({sum(c.duration for c in cuts) / 3600:.2f} h), "
+              f"{n['trainable'] / 1e6:.2f}M trainable of {n['total'] / 1e6:.1f}M params, device {device}, world {world}", flush=True)
+
+    def extra_state() -> dict:
+        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                "sampler": sampler.state_dict(consumed=consumed), "rng": rng_state()}
+
+    # ---- train ------------------------------------------------------------------------------------
+    t_start = time.time()
+    window = {"loss": 0.0, "tokens": 0, "samples": 0, "audio_s": 0.0, "t0": time.time()}
+    dtype_ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.train.bf16 else None
+    stop = False
+    while step < cfg.train.max_steps and not stop:
+        dataset.epoch = sampler.epoch
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers)
+        micro = 0
+        for batch in loader:
+            consumed += 1
+            if batch is None:
+                continue
+            batch = move(batch, device)
+            ctx = dtype_ctx() if dtype_ctx else torch.autocast(device.type, enabled=False)
+            with ctx:
+                loss_sum, n_tok = net(batch)
+            n_global = n_tok.detach().clone().float()
+            if world > 1:
+                dist.all_reduce(n_global)
+            # sum / global tokens, times world because DDP averages gradients over ranks
+            loss = loss_sum * world / n_global.clamp(min=1) / cfg.train.grad_accum
+            loss.backward()
+            window["loss"] += float(loss_sum.detach()); window["tokens"] += int(n_tok)
+            window["samples"] += len(batch.ids); window["audio_s"] += sum(w.numel() for w in batch.waves) / 16000
+            micro += 1
+            if micro % cfg.train.grad_accum:
+                continue
+            if cfg.train.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if rank == 0 and (step % cfg.train.log_every == 0 or step == cfg.train.max_steps):
+                dt = max(1e-9, time.time() - window["t0"])
+                rec = {"step": step, "split": "train", "loss": window["loss"] / max(1, window["tokens"]),
+                       "lr": scheduler.get_last_lr()[0], "samples_per_s": window["samples"] * world / dt,
+                       "audio_s_per_s": window["audio_s"] * world / dt, "elapsed_s": time.time() - t_start, "epoch": sampler.epoch}
+                with open(log_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(rec) + "\n")
+                for k in ("loss", "lr", "samples_per_s"):
+                    writer.add_scalar(f"train/{k}", rec[k], step)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", sps=f"{rec['samples_per_s']:.2f}")
+                window = {"loss": 0.0, "tokens": 0, "samples": 0, "audio_s": 0.0, "t0": time.time()}
+            if bar is not None:
+                bar.update(1)
+            if val_cuts and cfg.train.eval_every and step % cfg.train.eval_every == 0 and rank == 0:
+                _log_val(model, val_cuts, cfg, device, step, log_path, writer)
+            if step % cfg.train.save_every == 0 and step < cfg.train.max_steps and rank == 0:
+                save_checkpoint(model, cfg, out_dir, step, extra_state())
+            timed_out = cfg.train.max_minutes and (time.time() - t_start) / 60 >= cfg.train.max_minutes
+            if step >= cfg.train.max_steps or timed_out:
+                stop = True
+                if timed_out and rank == 0:
+                    print(f"\n[speechlm] time limit of {cfg.train.max_minutes} min reached at step {step}", flush=True)
+                break
+        else:
+            consumed = 0  # epoch finished: the sampler moved to the next epoch by itself
+
+    # ---- save / cleanup ---------------------------------------------------------------------------
+    final = None
+    if rank == 0:
+        bar.close()
+        if val_cuts:
+            _log_val(model, val_cuts, cfg, device, step, log_path, writer)
+        final = save_checkpoint(model, cfg, out_dir, step, extra_state())
+        writer.close()
+        try:
+            from speechlm.report import plot_loss_curve
+
+            plot_loss_curve(log_path, out_dir / "loss.png")
+        except FileNotFoundError:
+            pass
+        print(f"[speechlm] saved {final}", flush=True)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return final if final is not None else out_dir / CKPT_DIR
+
+
+def _log_val(model, val_cuts, cfg, device, step, log_path, writer) -> None:
+    loss = validation_loss(model, val_cuts, cfg, device)
+    with open(log_path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, "split": "val", "loss": loss}) + "\n")
+    writer.add_scalar("val/loss", loss, step)
+
+
+def run_train(recipe: str = "tiny", train_manifest: str = "", val_manifest: str = "", out_dir: str = "",
+              resume: str = "", max_steps: int = 0, set: list[str] = ()) -> Path:
+    """Train a speech LM from a recipe; checkpoints, logs (JSONL, TensorBoard) and loss.png go to the run folder.
+
+    recipe: shipped recipe name (`speechlm ls recipes`) or a YAML file.
+    train_manifest: training manifest (overrides data.train_manifest).
+    val_manifest: validation manifest (overrides data.val_manifest).
+    out_dir: run folder (overrides train.out_dir).
+    resume: continue from a checkpoint or run folder, or `auto` for the run folder's latest checkpoint.
+    max_steps: optimizer steps (overrides train.max_steps when > 0).
+    set: further overrides as section.field=value, e.g. model.adapter=conv train.lr=5e-4.
+    """
+    from speechlm.config import load_recipe
+
+    overrides = list(set)
+    for key, value in (("data.train_manifest", train_manifest), ("data.val_manifest", val_manifest), ("train.out_dir", out_dir)):
+        if value:
+            overrides.append(f"{key}={value}")
+    if max_steps > 0:
+        overrides.append(f"train.max_steps={max_steps}")
+    return train(load_recipe(recipe, overrides), resume=resume or None)
