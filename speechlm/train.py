@@ -264,6 +264,11 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+                if world > 1:  # log the global loss, not rank 0's share
+                    totals = torch.tensor([window["loss"], window["tokens"]], dtype=torch.float64, device=device)
+                    dist.all_reduce(totals)
+                    window["loss"], window["tokens"] = float(totals[0]), int(totals[1])
             if rank == 0 and (step % cfg.train.log_every == 0 or step == cfg.train.max_steps):
                 dt = max(1e-9, time.time() - window["t0"])
                 rec = {"step": step, "split": "train", "loss": window["loss"] / max(1, window["tokens"]),
@@ -274,6 +279,7 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
                 for k in ("loss", "lr", "samples_per_s"):
                     writer.add_scalar(f"train/{k}", rec[k], step)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", sps=f"{rec['samples_per_s']:.2f}")
+            if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
                 window = {"loss": 0.0, "tokens": 0, "samples": 0, "audio_s": 0.0, "t0": time.time()}
             if bar is not None:
                 bar.update(1)
