@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         _add_verb(sub, name, fn)
     args = vars(parser.parse_args(argv))
     fn = args.pop("_fn")
-    args.pop("verb")
+    verb = args.pop("verb")
     args = {k: (v if v is not None else []) for k, v in args.items()}
     try:
         fn(**args)
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("SPEECHLM_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"speechlm {fn.__name__}: error: {msg}", file=sys.stderr)
+        print(f"speechlm {verb}: error: {msg}", file=sys.stderr)
         return 2
     return 0
 

@@ -23,7 +23,7 @@ def _sample(cuts: list, k: int, seed: int) -> list:
     return sorted(random.Random(seed).sample(cuts, k), key=lambda c: c.id)
 
 
-def demo(out: str = "runs/demo", minutes: float = 14.0, steps: int = 700, synthetic: int = 1200,
+def demo(out: str = "runs/demo", minutes: float = 14.0, steps: int = 340, synthetic: int = 1200,
          real_per_source: int = 500, eval_per_subset: int = 60, recipe: str = "demo", seed: int = 0) -> dict:
     """Build a corpus, train the continuous speech LM on real backbones, and compare it with baselines.
 

@@ -46,7 +46,7 @@ def score_systems(systems: dict[str, System], subsets: dict[str, list[Cut]], tas
     return summary
 
 
-def evaluate(manifest: list[str], out: str, checkpoint: str = "", baseline: bool = False, untrained: bool = False,
+def evaluate(manifest: list[str] = (), out: str = "runs/eval", checkpoint: str = "", baseline: bool = False, untrained: bool = False,
              task: str = "", num_beams: int = 1, batch_size: int = 8, held_out_instructions: bool = False,
              device: str = "cpu") -> dict:
     """Score a checkpoint (and baselines) on one or more manifests; writes results.jsonl, summary.json, report.md.

@@ -76,7 +76,7 @@ class WhisperBaseline:
         return whisper_transcribe(self.bundle, list(waves), batch_size=self.batch_size, num_beams=self.num_beams)
 
 
-def transcribe(checkpoint: str, audio: list[str], num_beams: int = 1, max_new_tokens: int = 96,
+def transcribe(audio: list[str], checkpoint: str = "", num_beams: int = 1, max_new_tokens: int = 96,
                batch_size: int = 8, task: str = "", instruction: str = "", device: str = "cpu") -> list[dict]:
     """Transcribe audio files with a trained checkpoint; prints one line per file.
 
@@ -89,6 +89,8 @@ def transcribe(checkpoint: str, audio: list[str], num_beams: int = 1, max_new_to
     instruction: instruction text to use instead of the task's first paraphrase.
     device: cpu or cuda.
     """
+    if not checkpoint:
+        raise ValueError("give --checkpoint (a checkpoint folder or a run folder)")
     if not audio:
         raise ValueError("give at least one audio file")
     tr = Transcriber.from_checkpoint(checkpoint, task=task or None, device=device, num_beams=num_beams,

@@ -325,7 +325,7 @@ def _log_val(model, val_cuts, cfg, device, step, log_path, writer) -> None:
 
 
 def run_train(recipe: str = "tiny", train_manifest: str = "", val_manifest: str = "", out_dir: str = "",
-              resume: str = "", max_steps: int = 0, set: list[str] = ()) -> Path:
+              resume: str = "", max_steps: int = 0, skip_bad: bool = False, set: list[str] = ()) -> Path:
     """Train a speech LM from a recipe; checkpoints, logs (JSONL, TensorBoard) and loss.png go to the run folder.
 
     recipe: shipped recipe name (`speechlm ls recipes`) or a YAML file.
@@ -334,6 +334,7 @@ def run_train(recipe: str = "tiny", train_manifest: str = "", val_manifest: str 
     out_dir: run folder (overrides train.out_dir).
     resume: continue from a checkpoint or run folder, or `auto` for the run folder's latest checkpoint.
     max_steps: optimizer steps (overrides train.max_steps when > 0).
+    skip_bad: skip and count bad manifest lines / audio instead of stopping (data.skip_bad).
     set: further overrides as section.field=value, e.g. model.adapter=conv train.lr=5e-4.
     """
     from speechlm.config import load_recipe
@@ -344,4 +345,6 @@ def run_train(recipe: str = "tiny", train_manifest: str = "", val_manifest: str 
             overrides.append(f"{key}={value}")
     if max_steps > 0:
         overrides.append(f"train.max_steps={max_steps}")
+    if skip_bad:
+        overrides.append("data.skip_bad=true")
     return train(load_recipe(recipe, overrides), resume=resume or None)

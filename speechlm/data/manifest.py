@@ -414,7 +414,7 @@ def validate(
         lines = [f"  {s}: {r}" for s, r in bad[:_MAX_LISTED]]
         more = f"\n  ... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
         raise ManifestError(
-            f"{len(bad)} of {total} cuts failed validation (pass skip_bad=True to drop them):\n"
+            f"{len(bad)} of {total} cuts failed validation (pass skip_bad=True, or --skip-bad on the command line, to skip and count them):\n"
             + "\n".join(lines) + more,
             bad,
         )

@@ -18,6 +18,8 @@ from torch import nn
 
 
 class StackingProjector(nn.Module):
+    """Frame stacking + MLP (Ultravox): k frames concatenated, LayerNorm, Linear-GELU-Linear."""
+
     def __init__(self, in_dim: int, out_dim: int, k: int = 8, hidden: int = 1024):
         super().__init__()
         self.k = k
@@ -36,6 +38,8 @@ class StackingProjector(nn.Module):
 
 
 class ConvDownsampler(nn.Module):
+    """Strided conv1d downsampler (SpeechVerse/OSUM): log2(k) stride-2 convs, LayerNorm, Linear."""
+
     def __init__(self, in_dim: int, out_dim: int, k: int = 4, hidden: int = 1024):
         super().__init__()
         if k < 1 or k & (k - 1):

@@ -71,8 +71,8 @@ class SpeechEncoder(nn.Module):
         lengths = torch.tensor([m.shape[1] for m in mels])
         t_max = int(lengths.max())
         t_max += t_max % 2  # even, so the stride-2 conv maps padding cleanly
-        # Pad with each clip's floor value: what silence looks like after the 80-dB clamp.
-        batch = torch.stack([nn.functional.pad(m, (0, t_max - m.shape[1]), value=float(m.min())) for m in mels])
+        # Zero padding: what the conv stem's own padding=1 shows a clip encoded alone, so batching changes nothing.
+        batch = torch.stack([nn.functional.pad(m, (0, t_max - m.shape[1])) for m in mels])
         return batch, lengths  # [B, M, T]
 
     def forward(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,6 +82,10 @@ class SpeechEncoder(nn.Module):
         enc = self.encoder
         lengths = (mel_lengths + 1) // 2  # [B] frames after the stride-2 conv (ceil(T/2))
         x = nn.functional.gelu(enc.conv1(mel))  # [B, D, T]
+        if not self.pad_to_30s:
+            # conv1 outputs past a clip's end would leak into its last conv2 frame; a clip encoded alone sees zeros
+            valid = torch.arange(x.shape[-1], device=x.device)[None, :] < mel_lengths.to(x.device)[:, None]  # [B, T]
+            x = x * valid[:, None, :]
         x = nn.functional.gelu(enc.conv2(x))  # [B, D, F]
         x = x.transpose(1, 2)  # [B, F, D]
         f = x.shape[1]

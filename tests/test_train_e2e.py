@@ -1,0 +1,140 @@
+"""Training at tiny size: end to end through the CLI, exact resume, bad input, DDP == one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from speechlm.cli import main
+from speechlm.config import load_recipe
+from speechlm.data.manifest import ManifestError
+from speechlm.train import load_checkpoint, train
+
+
+def _losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (run / "train_log.jsonl").read_text().splitlines()) if r["split"] == "train"}
+
+
+def _cfg(manifest: Path, out: Path, *extra: str):
+    return load_recipe("tiny", [f"data.train_manifest={manifest}", f"train.out_dir={out}", "train.log_every=1", *extra])
+
+
+def test_resume_continues_exactly(tone_manifest, tmp_path):
+    full = tmp_path / "full"
+    train(_cfg(tone_manifest, full, "train.max_steps=8", "train.save_every=3"), progress=False)
+    # a run "killed" after step 3 leaves its step-3 checkpoint; resuming from it must replay steps 4-8 exactly
+    resumed = tmp_path / "resumed"
+    train(_cfg(tone_manifest, resumed, "train.max_steps=8", "train.save_every=3"), resume=str(full / "checkpoints" / "step-000003"), progress=False)
+    a, b = _losses(full), _losses(resumed)
+    assert sorted(b) == [4, 5, 6, 7, 8]
+    for step in b:
+        assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+    ma, _, _ = load_checkpoint(full)
+    mb, _, _ = load_checkpoint(resumed)
+    for (n, pa), pb in zip(ma.trainable_state_dict().items(), mb.trainable_state_dict().values()):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_checkpoint_holds_all_state_and_is_atomic(tone_manifest, tmp_path):
+    run = tmp_path / "run"
+    final = train(_cfg(tone_manifest, run, "train.max_steps=4", "train.save_every=2"), progress=False)
+    assert final.name == "step-000004" and (run / "checkpoints" / "latest").read_text().strip() == "step-000004"
+    state = torch.load(final / "state.pt", weights_only=False)
+    assert {"optimizer", "scheduler", "rng", "sampler", "step"} <= set(state) and state["step"] == 4
+    assert {"epoch", "position", "seed"} <= set(state["sampler"])
+    assert (final / "tokenizer").is_dir() and json.loads((final / "config.json").read_text())["model"]["llm"] == "tiny-llama"
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")], "temporary folders left behind"
+    assert (run / "loss.png").stat().st_size > 0 and any((run / "tensorboard").iterdir())
+
+
+def test_end_to_end_cli_prepare_train_resume_transcribe_eval(tmp_path, capsys):
+    from speechlm.data.synth import available_voices
+
+    try:
+        available_voices()
+        assert main(["prepare", "synthetic", str(tmp_path / "data"), "--n", "10"]) == 0
+        manifest = tmp_path / "data" / "manifest.jsonl"
+    except RuntimeError:  # no TTS engine on this machine: tones stand in
+        pytest.skip("espeak-ng/flite not installed")
+    run = tmp_path / "run"
+    common = ["train", "--recipe", "tiny", "--train-manifest", str(manifest), "--out-dir", str(run)]
+    assert main(common + ["--max-steps", "3"]) == 0
+    assert main(common + ["--max-steps", "5", "--resume", "auto"]) == 0  # continues from step 3
+    assert sorted(_losses(run)) == [1, 2, 3, 4, 5]
+    audio = [json.loads(line)["audio"] for line in manifest.read_text().splitlines()[:2]]
+    audio = [str(manifest.parent / a) for a in audio]
+    capsys.readouterr()
+    assert main(["transcribe", "--checkpoint", str(run), *audio]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 2 and printed[0].startswith(audio[0] + "\t")
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(run), "--manifest", str(manifest), "--out", str(out), "--untrained"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["asr"]["wer"]) == {"speechlm (trained)", "speechlm (untrained)"}
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 10 and {"id", "ref", "hyp", "wer", "system"} <= set(rows[0])
+    assert "WER" in (out / "report.md").read_text()
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_bad_input_is_named_before_training(tone_manifest, tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    good = tone_manifest.read_text().splitlines()
+    base = tone_manifest.parent
+    sf.write(base / "long.wav", np.zeros(31 * 16000, dtype="float32"), 16000)
+    (base / "corrupt.wav").write_bytes(b"RIFF not really audio")
+    cases = {
+        "missing": (json.dumps({"id": "m", "audio": "wav/nope.wav", "text": "x"}), "nope.wav"),
+        "corrupt": (json.dumps({"id": "c", "audio": "corrupt.wav", "text": "x"}), "corrupt.wav"),
+        "malformed": ('{"id": "bad", "audio": ', ":3"),
+        "empty text": (json.dumps({"id": "e", "audio": "wav/0.wav", "text": "  "}), "text"),
+        "too long": (json.dumps({"id": "l", "audio": "long.wav", "text": "x"}), "long.wav"),
+    }
+    for name, (line, needle) in cases.items():
+        manifest = _write(base / f"bad-{name.replace(' ', '_')}.jsonl", good[:2] + [line] + good[2:])
+        run = tmp_path / f"run-{name}"
+        with pytest.raises(ManifestError) as err:
+            train(_cfg(manifest, run, "train.max_steps=2"), progress=False)
+        msg = str(err.value)
+        assert f"{manifest.name}:3" in msg and needle in msg, (name, msg)
+        assert not (run / "checkpoints").exists(), "nothing may be trained before the data is checked"
+        # the CLI prints the same message and exits non-zero; --skip-bad trains on the rest and counts
+        assert main(["train", "--train-manifest", str(manifest), "--out-dir", str(run), "--max-steps", "1"]) == 2
+        assert f"{manifest.name}:3" in capsys.readouterr().err
+        assert main(["train", "--train-manifest", str(manifest), "--out-dir", str(run), "--max-steps", "1", "--skip-bad"]) == 0
+        assert json.loads((run / "data_report.json").read_text())["bad"] == 1
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on linux")
+def test_ddp_two_processes_match_one_process(tone_manifest, tmp_path):
+    """torchrun, 2 CPU processes (gloo), same global batch as one process: same losses and weights."""
+    args = ["train", "--recipe", "tiny", "--train-manifest", str(tone_manifest), "--max-steps", "4",
+            "--set", "train.log_every=1", "data.max_batch=4", "data.max_seconds_per_batch=8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    one = tmp_path / "one"
+    subprocess.run([sys.executable, "-m", "speechlm.cli", *args, "--out-dir", str(one)], check=True, env=env, capture_output=True)
+    two = tmp_path / "two"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "speechlm.cli", *args, "--out-dir", str(two)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _losses(one), _losses(two)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert abs(a[step] - b[step]) < 1e-4, (step, a[step], b[step])
+    ma, _, _ = load_checkpoint(one)
+    mb, _, _ = load_checkpoint(two)
+    for (n, pa), pb in zip(ma.trainable_state_dict().items(), mb.trainable_state_dict().values()):
+        torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4, msg=n)
