@@ -57,6 +57,18 @@ def test_real_length_encoding_is_independent_of_batch_padding():
     torch.testing.assert_close(batched[0, : int(la[0])], alone[0], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("adapter", ["stack", "conv"])
+def test_audio_embeddings_do_not_depend_on_batch_mates(adapter):
+    """A clip's audio tokens are the same alone and beside a longer clip (no padding leaks through adapters)."""
+    m = speechlm_tiny(adapter=adapter).eval()
+    short, long = _wave(0.73, 1), _wave(2.3, 2)  # frame counts not multiples of k
+    with torch.no_grad():
+        alone, la = m.encode_audio([short])
+        batched, lb = m.encode_audio([short, long])
+    assert int(la[0]) == int(lb[0])
+    torch.testing.assert_close(batched[0, : int(la[0])], alone[0, : int(la[0])], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("cls,k", [(StackingProjector, 4), (StackingProjector, 8), (ConvDownsampler, 4), (ConvDownsampler, 8)])
 def test_adapter_shapes_and_lengths(cls, k):
     ad = cls(32, 48, k=k, hidden=16)

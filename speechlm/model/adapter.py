@@ -29,7 +29,8 @@ class StackingProjector(nn.Module):
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return (lengths + self.k - 1) // self.k
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, F, D] with zeros past ``lengths`` -> [B, A, H]; stacking never mixes frames of two clips."""
         b, f, d = x.shape  # [B, F, D]
         pad = (-f) % self.k
         x = nn.functional.pad(x, (0, 0, 0, pad))  # [B, F', D], F' multiple of k
@@ -59,9 +60,17 @@ class ConvDownsampler(nn.Module):
             lengths = (lengths + 1) // 2  # kernel 3, stride 2, padding 1: ceil(L / 2)
         return lengths
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.convs(x.transpose(1, 2)).transpose(1, 2)  # [B, D, F] -> [B, A, C]
-        return self.proj(self.norm(x))  # [B, A, H]
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, F, D] -> [B, A, H]. With ``lengths``, outputs past each clip's end are zeroed after every
+        conv, as a clip convolved alone would see (the conv's own zero padding)."""
+        h = x.transpose(1, 2)  # [B, D, F]
+        for layer in self.convs:
+            h = layer(h)
+            if lengths is not None and isinstance(layer, nn.Conv1d):
+                lengths = (lengths + 1) // 2
+                keep = torch.arange(h.shape[-1], device=h.device)[None, :] < lengths.to(h.device)[:, None]  # [B, A']
+                h = h * keep[:, None, :]
+        return self.proj(self.norm(h.transpose(1, 2)))  # [B, A, H]
 
 
 ADAPTERS: dict[str, type[nn.Module]] = {"stack": StackingProjector, "conv": ConvDownsampler}

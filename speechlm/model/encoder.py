@@ -102,7 +102,10 @@ class SpeechEncoder(nn.Module):
         x = enc.layer_norm(x)  # [B, F, D]
         if self.pad_to_30s:
             x = x[:, : int(lengths.max())]
-        return x, lengths
+        # Zero the frames past each clip's end: the adapter stacks/convolves neighbours, and a clip's output
+        # must not depend on which longer clips share its batch.
+        keep = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]  # [B, F]
+        return x * keep[..., None], lengths
 
 
 def num_frames(num_samples: int) -> int:

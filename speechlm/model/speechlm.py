@@ -110,7 +110,7 @@ class SpeechLM(nn.Module):
         frozen = not any(p.requires_grad for p in self.encoder.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             frames, lengths = self.encoder(waves)  # [B, F, D], [B]
-        audio = self.adapter(frames)  # [B, A, H]
+        audio = self.adapter(frames, lengths)  # [B, A, H]
         return audio, self.adapter.out_lengths(lengths)
 
     # ---- splicing ----------------------------------------------------------------------------------
