@@ -90,6 +90,11 @@ def _add_verb(sub, name: str, fn: Callable) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    # our own progress bars and messages say what happens; transformers' per-load bars and notices are noise here
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     parser = argparse.ArgumentParser(prog="speechlm", description="Build, train, evaluate and serve speech language models.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for name, fn in _verbs().items():
