@@ -25,9 +25,9 @@ def _verbs() -> dict[str, Callable]:
 
 
 def ls(what: str = "all") -> dict[str, dict[str, str]]:
-    """List what is registered: encoders, adapters, llms, tasks, recipes, sizes (or all).
+    """List what is registered: encoders, adapters, llms, tasks, recipes, sizes, corpora (or all).
 
-    what: one of encoders, adapters, llms, tasks, recipes, sizes, all.
+    what: one of encoders, adapters, llms, tasks, recipes, sizes, corpora, all.
     """
     from speechlm.backbones.llm import LLMS
     from speechlm.config import list_recipes, recipe_path
@@ -45,6 +45,7 @@ def ls(what: str = "all") -> dict[str, dict[str, str]]:
         "tasks": {k: f"{t.description} [metric: {t.metric}; {len(t.instructions)}+{len(t.eval_instructions)} instructions]" for k, t in TASKS.items()},
         "recipes": {k: first_line(recipe_path(k).read_text().lstrip("# ")) for k in list_recipes()},
         "sizes": {k: f"encoder={v.encoder}, llm={v.llm}, adapter={v.adapter}" for k, v in SIZES.items()},
+        "corpora": _corpora_docs(),
     }
     if what != "all" and what not in tables:
         raise ValueError(f"unknown registry {what!r}; choose from {', '.join(tables)} or all")
@@ -54,6 +55,21 @@ def ls(what: str = "all") -> dict[str, dict[str, str]]:
         for k, v in entries.items():
             print(f"  {k:<24} {v}")
     return chosen
+
+
+ls.cli_positional = ("what",)  # `speechlm ls tasks`
+
+
+def _corpora_docs() -> dict[str, str]:
+    from speechlm.prepare import corpora
+
+    try:
+        from speechlm.corpora import CORPUS_DOCS
+    except ImportError:
+        CORPUS_DOCS = {}
+    own = {"synthetic": "Debian TTS voices (espeak-ng, flite), labelled gender/rate/pitch", "real": "the shared real-speech folder, split by speaker",
+           "manifest": "an existing JSONL manifest (validated; then --shards / --features)"}
+    return {k: {**own, **CORPUS_DOCS}.get(k, "") for k in corpora()}
 
 
 def _param_help(fn: Callable) -> dict[str, str]:
@@ -71,6 +87,7 @@ def _add_verb(sub, name: str, fn: Callable) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     helps = _param_help(fn)
     hints = typing.get_type_hints(fn)
+    optional_positionals = getattr(fn, "cli_positional", ())  # e.g. prepare's CORPUS SRC OUT, omitted with --check
     for pname, param in inspect.signature(fn).parameters.items():
         ann = hints.get(pname, str)
         is_list = typing.get_origin(ann) is list
@@ -78,6 +95,8 @@ def _add_verb(sub, name: str, fn: Callable) -> None:
         h = helps.get(pname, "")
         if param.default is inspect.Parameter.empty:
             p.add_argument(pname, nargs="+" if is_list else None, help=h)
+        elif pname in optional_positionals:
+            p.add_argument(pname, nargs="?", default=param.default, help=h)
         elif isinstance(param.default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=param.default, help=h)
         elif is_list:
@@ -104,14 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     verb = args.pop("verb")
     args = {k: (v if v is not None else []) for k, v in args.items()}
     try:
-        fn(**args)
+        code = fn(**args)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         if os.environ.get("SPEECHLM_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"speechlm {verb}: error: {msg}", file=sys.stderr)
         return 2
-    return 0
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""``speechlm prepare CORPUS OUT``: write the toolkit's JSONL manifests for a corpus.
+"""``speechlm prepare CORPUS SRC OUT``: write the toolkit's JSONL manifests for a corpus, then optionally
+shard them and cache frozen-encoder features; ``speechlm prepare --check MANIFEST`` audits a manifest.
 
-Corpus recipes are plain functions in the ``CORPORA`` registry; each writes manifests into ``OUT`` and is
-safe to re-run (files already there are kept).
+Corpus recipes are plain functions in the ``CORPORA`` registry (``speechlm ls corpora``); each writes
+manifests into ``OUT`` in numbered stages that are safe to re-run.
 """
 
 from __future__ import annotations
@@ -12,38 +13,96 @@ from typing import Callable
 from speechlm.utils import real_data_root
 
 
-def _synthetic(out: Path, src: str, n: int, seed: int, workers: int) -> dict[str, Path]:
+def _synthetic(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 200, seed: int = 0) -> dict[str, Path]:
     from speechlm.data.synth import build_synthetic_corpus
 
-    return {"train": build_synthetic_corpus(out, n_utterances=n, seed=seed, workers=workers)}
+    return {"train": build_synthetic_corpus(out, n_utterances=n, seed=seed, workers=workers, progress=progress)}
 
 
-def _real(out: Path, src: str, n: int, seed: int, workers: int) -> dict[str, Path]:
+def _real(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 0, seed: int = 0) -> dict[str, Path]:
     from speechlm.data.real import prepare_real_splits
 
-    root = Path(src) if src else real_data_root()
+    root = src or real_data_root()
     if root is None:
         raise FileNotFoundError("real data folder not found: pass SRC (the folder with manifest.jsonl) or set SPEECHLM_REAL_DATA")
     return prepare_real_splits(root, out, seed=seed, max_train_per_source=n or None)
 
 
-CORPORA: dict[str, Callable[..., dict[str, Path]]] = {"synthetic": _synthetic, "real": _real}
-"""Corpus recipes keyed by name."""
+def _manifest(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 0, seed: int = 0) -> dict[str, Path]:
+    """An existing manifest: validated and rewritten with absolute paths (then sharded or featurized)."""
+    from speechlm.data.manifest import validate, write_manifest
+
+    if src is None or not src.is_file():
+        raise FileNotFoundError(f"manifest corpus needs SRC = an existing JSONL manifest, got {src}")
+    good = validate(src).good
+    path = out / src.name
+    write_manifest(path, good)
+    return {src.stem: path}
 
 
-def prepare(corpus: str, out: str, src: str = "", n: int = 200, seed: int = 0, workers: int = 2) -> dict[str, Path]:
-    """Prepare a corpus into JSONL manifests: `synthetic` (Debian TTS voices) or `real` (the shared real-speech folder).
+# Synthetic and shared-real corpora need extra arguments (n, seed); the corpus recipes of
+# speechlm.corpora take (src, out, workers, progress).
+GENERATED: dict[str, Callable[..., dict[str, Path]]] = {"synthetic": _synthetic, "real": _real, "manifest": _manifest}
 
-    corpus: synthetic or real.
-    out: output folder for manifests (and audio, for synthetic).
-    src: source folder (real: the folder holding manifest.jsonl; default ../shared/data/real).
+
+def corpora() -> dict[str, Callable[..., dict[str, Path]]]:
+    """All corpus recipes by name: generated ones plus the corpus layouts of speechlm.corpora."""
+    try:
+        from speechlm.corpora import CORPORA
+    except ImportError:
+        CORPORA = {}
+    return {**GENERATED, **CORPORA}
+
+
+def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", shards: int = 0, features: bool = False,
+            encoder: str = "whisper-tiny.en", n: int = 200, seed: int = 0, workers: int = 2) -> int:
+    """Prepare a corpus into JSONL manifests (`speechlm ls corpora`), or check a manifest with --check.
+
+    corpus: corpus recipe name (librispeech, commonvoice, vctk, ..., synthetic, real, manifest).
+    src: the corpus as downloaded (its root folder or file); `synthetic` needs none, `real` defaults to ../shared/data/real.
+    out: output folder for the manifests (and shards, features, synthesized audio).
+    check: audit this manifest instead (counts, hours, duration histogram, labels, unreadable/silent files, duplicate ids); exits 1 on errors.
+    shards: also write tar shards of at most this many cuts for streaming (0: no shards).
+    features: also cache the frozen encoder's outputs, so training reads them instead of audio.
+    encoder: encoder whose features are cached (registry name, folder or hub id).
     n: synthetic: utterances to synthesize; real: cap on training clips per source (0: no cap).
     seed: seed for synthesis plans and speaker splits.
-    workers: parallel synthesis processes.
+    workers: parallel processes.
     """
-    if corpus not in CORPORA:
-        raise ValueError(f"unknown corpus {corpus!r}; choose from {', '.join(CORPORA)}")
-    paths = CORPORA[corpus](Path(out), src, n, seed, workers)
+    if check:
+        from speechlm.data.check import run_check
+
+        return run_check(check, out=out)
+    if corpus and src and not out and corpus == "synthetic":
+        src, out = "", src  # `speechlm prepare synthetic OUT`: synthesis has no source
+    if not corpus or not out:
+        raise ValueError("usage: speechlm prepare CORPUS SRC OUT  (or: speechlm prepare --check MANIFEST)")
+    recipes = corpora()
+    if corpus not in recipes:
+        raise ValueError(f"unknown corpus {corpus!r}; choose from {', '.join(sorted(recipes))}")
+    out_dir = Path(out)
+    src_path = Path(src) if src else None
+    if corpus in GENERATED:
+        paths = recipes[corpus](src_path, out_dir, workers=workers, n=n, seed=seed)
+    else:
+        if src_path is None or not src_path.exists():
+            raise FileNotFoundError(f"{corpus}: source {src or '(none)'} not found: give SRC, the corpus root as downloaded")
+        paths = recipes[corpus](src_path, out_dir, workers=workers)
     for split, path in paths.items():
         print(f"{split}\t{path}", flush=True)
-    return paths
+    if shards:
+        from speechlm.data.shards import write_shards
+
+        for split, path in paths.items():
+            index = write_shards(path, out_dir / "shards" / split, max_cuts_per_shard=shards, workers=workers)
+            print(f"{split}\tshards: {index}", flush=True)
+    if features:
+        from speechlm.data.features import cache_features
+
+        for split, path in paths.items():
+            manifest = cache_features(path, encoder, out_dir / "features" / split)
+            print(f"{split}\tfeatures: {manifest}", flush=True)
+    return 0
+
+
+prepare.cli_positional = ("corpus", "src", "out")
