@@ -11,7 +11,7 @@ SmolLM2-135M-Instruct with LoRA r=8):
    * **audio**: ``model(batch)``: log-mel, frozen encoder (no grad), adapter, splice, decoder, answer-only logits;
    * **features**: the clips' cached fp16 frames read with ``load_features`` (inside the timed step), then
      ``forward_from_features``: adapter, splice, decoder, answer-only logits (SpeechLM.forward minus the encoder).
-   Warm-up, then interleaved rounds (one step each, rotating order) so machine noise hits both alike.
+   One warm-up step each, then 10 interleaved rounds (one step each, rotating order) so machine noise hits both alike.
 2. Data loading per batch, outside the step: ``load_audio`` of the 4 clips vs ``load_features`` of the 4 cuts.
 3. One-off caching cost: ``cache_features`` over real English clips (decode + encoder + fp16 safetensors), as
    seconds and MB per audio hour.
@@ -73,7 +73,7 @@ def write_clips(folder: Path, waves: list[torch.Tensor], texts: list[str]) -> Pa
 
 
 def caching_manifest(folder: Path, seconds: float) -> tuple[Path, str]:
-    """Real English ASR clips (round robin over sources) adding up to about ``seconds`` of audio."""
+    """Real English ASR clips of 1-30 s (round robin over sources) adding up to about ``seconds`` of audio."""
     root = real_data_root()
     if root is None:
         rng = np.random.default_rng(0)
@@ -88,7 +88,7 @@ def caching_manifest(folder: Path, seconds: float) -> tuple[Path, str]:
         path.write_text("\n".join(lines) + "\n")
         return path, "gaussian noise (no shared real data found)"
     rows, total = [], 0.0
-    for r in round_robin([r for r in english_asr_rows(root) if r["duration"] <= 30.0]):
+    for r in round_robin([r for r in english_asr_rows(root) if 1.0 <= r["duration"] <= 30.0]):
         rows.append({"id": r["id"], "audio": str(root / r["path"]), "duration": r["duration"], "text": r["text"]})
         total += r["duration"]
         if total >= seconds:
@@ -134,7 +134,7 @@ def best_of(fn, reps: int = 5) -> float:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny random backbones, 2 steps: a smoke run of the script")
-    ap.add_argument("--steps", type=int, default=0, help="timed steps per way (default 6, quick 2)")
+    ap.add_argument("--steps", type=int, default=0, help="timed steps per way (default 10, quick 2)")
     ap.add_argument("--cache-seconds", type=float, default=0, help="audio seconds for the caching-cost run (default 600, quick 30)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 keeps torch's default)")
     ap.add_argument("--out", default="", help="result JSON (default benchmarks/results/features_cpu[_quick].json)")
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     quick = args.quick
-    warmup, steps = 1, args.steps or (2 if quick else 6)
+    warmup, steps = 1, args.steps or (2 if quick else 10)
     cache_seconds = args.cache_seconds or (30.0 if quick else 600.0)
     out_path = Path(args.out) if args.out else RESULTS / ("features_cpu_quick.json" if quick else "features_cpu.json")
     t_start = time.perf_counter()
@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cmeta = json.loads((work / "cache_feats" / "features.json").read_text())
     hours = cmeta["audio_hours"]
     caching = {
-        "audio_source": csrc, "cuts": cmeta["cuts"], "audio_seconds": hours * 3600, "wall_s": cache_wall,
+        "audio_source": csrc, "cuts": cmeta["cuts"], "audio_seconds": hours * 3600, "mean_clip_s": hours * 3600 / cmeta["cuts"],
+        "wall_s": cache_wall,
         "encoder_s": cmeta["run"]["encoder_s"], "decode_and_write_s": cache_wall - cmeta["run"]["encoder_s"],
         "s_per_audio_hour": cache_wall / hours, "encoder_s_per_audio_hour": cmeta["run"]["encoder_s"] / hours,
         "realtime_factor": cache_wall / (hours * 3600), "bytes": cmeta["bytes"], "mb_per_audio_hour": cmeta["bytes"] / hours / 1e6,
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "samples_per_s": b / mean, "audio_s_per_s": audio_s / mean,
                     "samples_per_s_with_loading": b / (mean + load)}
     speedup = train["features"]["samples_per_s"] / train["audio"]["samples_per_s"]
+    speedup_median = train["audio"]["s_per_step_median"] / train["features"]["s_per_step_median"]
     speedup_load = train["features"]["samples_per_s_with_loading"] / train["audio"]["samples_per_s_with_loading"]
     # what the encoder costs inside the audio step: its forward alone, on the same batch
     model.eval()
@@ -272,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {"model": dataclasses.asdict(mcfg), "params": model.num_params()},
         "inputs": {"batch": b, "clip_seconds": 5.0, "answer_tokens": 40, "audio_source": source,
                    "instruction": task.instructions[0], "warmup_steps": warmup, "timed_steps": steps},
-        "train": {**train, "speedup": speedup, "speedup_with_loading": speedup_load,
+        "train": {**train, "speedup": speedup, "speedup_median_steps": speedup_median, "speedup_with_loading": speedup_load,
                   "encoder_forward_s_per_batch": enc_s,
                   "method": "shared model (same weights and LoRA), one AdamW per way; after warm-up, interleaved rounds of one "
                             "step each in rotating order. The features step includes reading the 4 cuts' frames (load_features, "

@@ -59,6 +59,11 @@ class ModelConfig:
 class DataConfig:
     train_manifest: str = ""
     """JSONL manifest of training clips (see speechlm.data.manifest for the schema)."""
+    train_shards: str = ""
+    """Tar shards for streaming (`speechlm prepare ... --shards N` writes them): their index.json or folder.
+    When set it replaces train_manifest; ranks and dataloader workers read disjoint parts."""
+    shuffle_buffer: int = 500
+    """Items held in memory to shuffle a shard stream (shard order is shuffled per epoch as well)."""
     val_manifest: str = ""
     """Optional JSONL manifest scored for validation loss during training."""
     task: str = "asr"

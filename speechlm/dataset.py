@@ -46,15 +46,23 @@ class SpeechDataset(Dataset):
             if self.skip_bad:
                 return None
             raise AudioError(f"{cut.source or cut.id}: {e}") from e
-        rng = random.Random(f"{self.seed}:{self.epoch}:{cut.id}")
+        return self.build_item(cut.id, wave, cut.text, cut.labels, self.epoch, cut.source)
+
+    def build_item(self, cut_id: str, wave, text: str | None, labels: dict, epoch: int, source: str = "") -> dict:
+        """Prompt (instruction drawn from seed, epoch and id: a resumed run sees the same), audio, answer."""
+        rng = random.Random(f"{self.seed}:{epoch}:{cut_id}")
         prompt = self._prompt(self.task.instruction(rng, held_out=self.held_out))
-        item = {"id": cut.id, "wave": torch.from_numpy(wave), "prompt": prompt}
+        item = {"id": cut_id, "wave": torch.as_tensor(wave), "prompt": prompt}
         if self.with_targets:
             try:
-                item["target"] = self.formatter.target_ids(self.task.target_text(cut.text, cut.labels))
+                item["target"] = self.formatter.target_ids(self.task.target_text(text, labels))
             except ValueError as e:
-                raise ValueError(f"{cut.source or cut.id}: {e}") from e
+                raise ValueError(f"{source or cut_id}: {e}") from e
         return item
+
+    def from_shard_item(self, it: dict) -> dict:
+        """Transform for a ShardDataset stream item (runs in dataloader workers)."""
+        return self.build_item(it["id"], it["wave"], it["text"], it["labels"], it["epoch"], f"shard item {it['id']}")
 
 
 def collate(items: list[dict | None]) -> Batch | None:

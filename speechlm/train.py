@@ -178,7 +178,16 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
     np.random.seed(cfg.train.seed)
     task = get_task(cfg.data.task)
     required = ("text",) if task.target == "text" else (task.target,)
-    cuts, data_report = load_cuts(cfg.data.train_manifest, required, cfg.model.max_audio_seconds, cfg.data.skip_bad)
+    corpus = None
+    if cfg.data.train_shards:  # streaming tar shards: checked when written (speechlm prepare --shards)
+        from speechlm.data.shards import ShardDataset, ShardedCuts, iter_shards
+
+        corpus = ShardedCuts(cfg.data.train_shards)
+        cuts, data_report = [], {"good": len(corpus.ids), "bad": len(corpus.skipped), "problems": corpus.skipped[:20]}
+        n_clips, hours = len(corpus.ids), corpus.total_seconds / 3600
+    else:
+        cuts, data_report = load_cuts(cfg.data.train_manifest, required, cfg.model.max_audio_seconds, cfg.data.skip_bad)
+        n_clips, hours = len(cuts), sum(c.duration for c in cuts) / 3600
     val_cuts = load_cuts(cfg.data.val_manifest, required, cfg.model.max_audio_seconds, cfg.data.skip_bad)[0] if cfg.data.val_manifest else []
 
     model = build_speechlm(cfg.model, seed=cfg.train.seed).to(device)
@@ -186,11 +195,36 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps))
-    sampler = DurationBatchSampler(
-        [c.duration for c in cuts], cfg.data.max_seconds_per_batch, cfg.data.max_batch,
-        shuffle=True, seed=cfg.train.seed, rank=rank, world_size=world,
-    )
     dataset = SpeechDataset(cuts, task, model.formatter, seed=cfg.train.seed, skip_bad=cfg.data.skip_bad)
+    sampler = shard_ds = dummy = None
+    if corpus is None:
+        sampler = DurationBatchSampler(
+            [c.duration for c in cuts], cfg.data.max_seconds_per_batch, cfg.data.max_batch,
+            shuffle=True, seed=cfg.train.seed, rank=rank, world_size=world,
+        )
+    else:
+        shard_ds = ShardDataset(corpus, rank=rank, world_size=world, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
+                                shuffle_buffer=cfg.data.shuffle_buffer, max_seconds=cfg.data.max_seconds_per_batch,
+                                max_batch=cfg.data.max_batch, transform=dataset.from_shard_item)
+        # Ranks may get different batch counts from whole shards; a rank that runs out steps with this
+        # batch at weight 0, so every rank makes the same collective calls and no cut is dropped.
+        dummy = collate([dataset.from_shard_item(next(iter_shards(corpus, shuffle=False)))])
+
+    def epoch_now() -> int:
+        return sampler.epoch if sampler is not None else shard_ds.epoch
+
+    def micro_batches():
+        """(batch, weight, shard unit) for the rest of this epoch."""
+        if sampler is not None:
+            dataset.epoch = sampler.epoch
+            loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers)
+            for batch in loader:
+                yield batch, 1.0, None
+            return
+        stream = iter(shard_ds.loader())
+        for _ in range(max(shard_ds.remaining_per_rank())):
+            unit = next(stream, None)
+            yield (collate(unit.items), 1.0, unit) if unit is not None else (dummy, 0.0, None)
 
     step, consumed = 0, 0
     if resume:
@@ -201,9 +235,13 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         state = torch.load(ckpt / "state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
+        if sampler is not None:
+            sampler.load_state_dict(state["sampler"])
+            consumed = state["sampler"]["position"]
+        else:
+            shard_ds.load_state_dict(state["shards"])
         set_rng_state(state["rng"])
-        step, consumed = state["step"], state["sampler"]["position"]
+        step = state["step"]
         if rank == 0:
             print(f"[speechlm] resumed from {ckpt} at step {step}", flush=True)
 
@@ -223,12 +261,17 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         writer = SummaryWriter(str(out_dir / "tensorboard"))
         bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
         n = model.num_params()
-        print(f"[speechlm] {len(cuts)} training clips ({sum(c.duration for c in cuts) / 3600:.2f} h), "
+        print(f"[speechlm] {n_clips} training clips ({hours:.2f} h{', streamed from shards' if corpus else ''}), "
               f"{n['trainable'] / 1e6:.2f}M trainable of {n['total'] / 1e6:.1f}M params, device {device}, world {world}", flush=True)
 
-    def extra_state() -> dict:
-        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "sampler": sampler.state_dict(consumed=consumed), "rng": rng_state()}
+    def checkpoint() -> Path | None:
+        """Called on every rank (the shard-position gather is collective); rank 0 writes."""
+        data_state = {"sampler": sampler.state_dict(consumed=consumed)} if sampler is not None else {"shards": shard_ds.gather_state_dict()}
+        if rank != 0:
+            return None
+        extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                 "rng": rng_state(), **data_state}
+        return save_checkpoint(model, cfg, out_dir, step, extra)
 
     # ---- train ------------------------------------------------------------------------------------
     t_start = time.time()
@@ -236,10 +279,8 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
     dtype_ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.train.bf16 else None
     stop = False
     while step < cfg.train.max_steps and not stop:
-        dataset.epoch = sampler.epoch
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers)
         micro = 0
-        for batch in loader:
+        for batch, weight, unit in micro_batches():
             consumed += 1
             if batch is None:
                 continue
@@ -247,6 +288,7 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             ctx = dtype_ctx() if dtype_ctx else torch.autocast(device.type, enabled=False)
             with ctx:
                 loss_sum, n_tok = net(batch)
+            loss_sum, n_tok = loss_sum * weight, n_tok * int(weight)
             n_global = n_tok.detach().clone().float()
             if world > 1:
                 dist.all_reduce(n_global)
@@ -254,7 +296,10 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             loss = loss_sum * world / n_global.clamp(min=1) / cfg.train.grad_accum
             loss.backward()
             window["loss"] += float(loss_sum.detach()); window["tokens"] += int(n_tok)
-            window["samples"] += len(batch.ids); window["audio_s"] += sum(w.numel() for w in batch.waves) / 16000
+            if weight:
+                window["samples"] += len(batch.ids); window["audio_s"] += sum(w.numel() for w in batch.waves) / 16000
+            if unit is not None:
+                shard_ds.record(unit)
             micro += 1
             if micro % cfg.train.grad_accum:
                 continue
@@ -273,7 +318,7 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
                 dt = max(1e-9, time.time() - window["t0"])
                 rec = {"step": step, "split": "train", "loss": window["loss"] / max(1, window["tokens"]),
                        "lr": scheduler.get_last_lr()[0], "samples_per_s": window["samples"] * world / dt,
-                       "audio_s_per_s": window["audio_s"] * world / dt, "elapsed_s": time.time() - t_start, "epoch": sampler.epoch}
+                       "audio_s_per_s": window["audio_s"] * world / dt, "elapsed_s": time.time() - t_start, "epoch": epoch_now()}
                 with open(log_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(rec) + "\n")
                 for k in ("loss", "lr", "samples_per_s"):
@@ -285,9 +330,13 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
                 bar.update(1)
             if val_cuts and cfg.train.eval_every and step % cfg.train.eval_every == 0 and rank == 0:
                 _log_val(model, val_cuts, cfg, device, step, log_path, writer)
-            if step % cfg.train.save_every == 0 and step < cfg.train.max_steps and rank == 0:
-                save_checkpoint(model, cfg, out_dir, step, extra_state())
-            timed_out = cfg.train.max_minutes and (time.time() - t_start) / 60 >= cfg.train.max_minutes
+            if step % cfg.train.save_every == 0 and step < cfg.train.max_steps:
+                checkpoint()
+            timed_out = bool(cfg.train.max_minutes) and (time.time() - t_start) / 60 >= cfg.train.max_minutes
+            if world > 1:  # every rank must stop at the same step, or one would wait in a collective forever
+                flag = torch.tensor([float(timed_out)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                timed_out = bool(flag.item())
             if step >= cfg.train.max_steps or timed_out:
                 stop = True
                 if timed_out and rank == 0:
@@ -295,14 +344,16 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
                 break
         else:
             consumed = 0  # epoch finished: the sampler moved to the next epoch by itself
+            if shard_ds is not None:
+                shard_ds.set_epoch(shard_ds.epoch + 1)
 
     # ---- save / cleanup ---------------------------------------------------------------------------
-    final = None
     if rank == 0:
         bar.close()
         if val_cuts:
             _log_val(model, val_cuts, cfg, device, step, log_path, writer)
-        final = save_checkpoint(model, cfg, out_dir, step, extra_state())
+    final = checkpoint()
+    if rank == 0:
         writer.close()
         try:
             from speechlm.report import plot_loss_curve

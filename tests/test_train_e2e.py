@@ -139,3 +139,38 @@ def test_ddp_two_processes_match_one_process(tone_manifest, tmp_path):
     for step in a:
         assert abs(a[step] - b[step]) < 1e-4, (step, a[step], b[step])
     _assert_same_weights(one, two, atol=1e-5)
+
+
+def test_training_streams_from_shards_and_resumes_exactly(tone_manifest, tmp_path):
+    from speechlm.data.shards import write_shards
+
+    index = write_shards(tone_manifest, tmp_path / "shards", max_cuts_per_shard=4, progress=False)
+    shard_cfg = ("data.train_manifest=", f"data.train_shards={index}", "train.max_steps=6", "train.save_every=3",
+                 "data.shuffle_buffer=4")
+    full = tmp_path / "full"
+    train(_cfg(tone_manifest, full, *shard_cfg), progress=False)
+    resumed = tmp_path / "resumed"
+    train(_cfg(tone_manifest, resumed, *shard_cfg), resume=str(full / "checkpoints" / "step-000003"), progress=False)
+    a, b = _losses(full), _losses(resumed)
+    assert sorted(a) == list(range(1, 7)) and sorted(b) == [4, 5, 6]
+    for step in b:
+        assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+    assert "shards" in torch.load(full / "checkpoints" / "step-000003" / "state.pt", weights_only=False)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on linux")
+def test_ddp_training_from_shards_with_uneven_ranks(tone_manifest, tmp_path):
+    """3 shards over 2 ranks: one rank runs out first and steps with weight 0 instead of hanging."""
+    from speechlm.data.shards import write_shards
+
+    index = write_shards(tone_manifest, tmp_path / "shards", max_cuts_per_shard=4, progress=False)
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "speechlm.cli", "train", "--recipe", "tiny", "--out-dir", str(run), "--max-steps", "5",
+                           "--set", f"data.train_shards={index}", "train.log_every=1", "train.save_every=2"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(_losses(run)) == [1, 2, 3, 4, 5]
+    state = torch.load(run / "checkpoints" / "step-000002" / "state.pt", weights_only=False)
+    assert "shards" in state
