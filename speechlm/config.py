@@ -62,6 +62,8 @@ class DataConfig:
     train_shards: str = ""
     """Tar shards for streaming (`speechlm prepare ... --shards N` writes them): their index.json or folder.
     When set it replaces train_manifest; ranks and dataloader workers read disjoint parts."""
+    use_features: bool = True
+    """Train on cached encoder features when the manifest has them (speechlm prepare --features); needs a frozen encoder."""
     shuffle_buffer: int = 500
     """Items held in memory to shuffle a shard stream (shard order is shuffled per epoch as well)."""
     val_manifest: str = ""

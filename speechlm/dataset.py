@@ -31,6 +31,8 @@ class SpeechDataset(Dataset):
         self.with_targets = with_targets
         self.skip_bad = skip_bad
         self._prompt = lru_cache(maxsize=256)(self._prompt_uncached)
+        # a manifest written by `speechlm prepare --features` carries cached frozen-encoder outputs
+        self.use_features = bool(cuts) and "features" in cuts[0].labels
 
     def __len__(self) -> int:
         return len(self.cuts)
@@ -40,6 +42,18 @@ class SpeechDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict | None:
         cut = self.cuts[i]
+        if self.use_features:
+            from speechlm.data.features import load_features
+
+            try:
+                frames = load_features(cut, dtype=None)  # [F, D], fp16 as stored: half the IPC from workers
+            except (FileNotFoundError, KeyError, ValueError) as e:
+                if self.skip_bad:
+                    return None
+                raise ValueError(f"{cut.source or cut.id}: cached features: {e}") from e
+            item = self.build_item(cut.id, None, cut.text, cut.labels, self.epoch, cut.source)
+            item["frames"] = frames
+            return item
         try:
             wave = load_audio(cut.audio, start=cut.start, duration=cut.duration)  # [N] float32, 16 kHz
         except AudioError as e:
@@ -52,7 +66,9 @@ class SpeechDataset(Dataset):
         """Prompt (instruction drawn from seed, epoch and id: a resumed run sees the same), audio, answer."""
         rng = random.Random(f"{self.seed}:{epoch}:{cut_id}")
         prompt = self._prompt(self.task.instruction(rng, held_out=self.held_out))
-        item = {"id": cut_id, "wave": torch.as_tensor(wave), "prompt": prompt}
+        item = {"id": cut_id, "prompt": prompt}
+        if wave is not None:
+            item["wave"] = torch.as_tensor(wave)
         if self.with_targets:
             try:
                 item["target"] = self.formatter.target_ids(self.task.target_text(text, labels))
@@ -70,9 +86,11 @@ def collate(items: list[dict | None]) -> Batch | None:
     items = [it for it in items if it is not None]
     if not items:
         return None
+    frames = [it["frames"] for it in items] if "frames" in items[0] else None
     return Batch(
         ids=[it["id"] for it in items],
-        waves=[it["wave"] for it in items],
+        waves=[] if frames is not None else [it["wave"] for it in items],
         prompts=[it["prompt"] for it in items],
         targets=[it["target"] for it in items] if "target" in items[0] else None,
+        frames=frames,
     )

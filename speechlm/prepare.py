@@ -72,7 +72,7 @@ def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", sha
     if check:
         from speechlm.data.check import run_check
 
-        return run_check(check, out=out)
+        return run_check(check, out=out or corpus, workers=workers)  # `prepare --check M [REPORT_DIR]`
     if corpus and src and not out and corpus == "synthetic":
         src, out = "", src  # `speechlm prepare synthetic OUT`: synthesis has no source
     if not corpus or not out:

@@ -128,7 +128,15 @@ def load_cuts(manifest: str, required: tuple[str, ...], max_duration: float, ski
 def move(batch: Batch, device: torch.device) -> Batch:
     if device.type != "cpu":
         batch.waves = [w.to(device, non_blocking=True) for w in batch.waves]
+        if batch.frames is not None:
+            batch.frames = [f.to(device, non_blocking=True) for f in batch.frames]
     return batch
+
+
+def audio_seconds(batch: Batch) -> float:
+    if batch.frames is not None:
+        return sum(f.shape[0] for f in batch.frames) / 50  # Whisper encoder frames: 50 per second
+    return sum(w.numel() for w in batch.waves) / 16000
 
 
 def setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
@@ -192,6 +200,17 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
 
     model = build_speechlm(cfg.model, seed=cfg.train.seed).to(device)
     model.train()
+    if cuts and "features" in cuts[0].labels:
+        if not cfg.data.use_features:
+            for c in cuts:
+                c.labels.pop("features", None)
+        else:
+            from speechlm.data.features import verify_features
+
+            if cfg.model.train_encoder_layers > 0:
+                raise ValueError(f"{cfg.data.train_manifest}: cached features need a frozen encoder; "
+                                 "set model.train_encoder_layers=0 or data.use_features=false")
+            verify_features(cfg.data.train_manifest, model.encoder)  # refuses another encoder's features
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps))
@@ -297,7 +316,7 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             loss.backward()
             window["loss"] += float(loss_sum.detach()); window["tokens"] += int(n_tok)
             if weight:
-                window["samples"] += len(batch.ids); window["audio_s"] += sum(w.numel() for w in batch.waves) / 16000
+                window["samples"] += len(batch.ids); window["audio_s"] += audio_seconds(batch)
             if unit is not None:
                 shard_ds.record(unit)
             micro += 1

@@ -174,3 +174,29 @@ def test_ddp_training_from_shards_with_uneven_ranks(tone_manifest, tmp_path):
     assert sorted(_losses(run)) == [1, 2, 3, 4, 5]
     state = torch.load(run / "checkpoints" / "step-000002" / "state.pt", weights_only=False)
     assert "shards" in state
+
+
+def test_training_from_cached_features_matches_audio(tone_manifest, tmp_path):
+    """prepare --features: the frozen encoder runs once; training reads its outputs and gets the same losses."""
+    assert main(["prepare", "manifest", str(tone_manifest), str(tmp_path / "prep"), "--features", "--encoder", "tiny-whisper"]) == 0
+    feats = tmp_path / "prep" / "features" / tone_manifest.stem / "manifest.jsonl"
+    assert '"features"' in feats.read_text()
+    audio_run, feat_run = tmp_path / "audio", tmp_path / "feats"
+    train(_cfg(tone_manifest, audio_run, "train.max_steps=3"), progress=False)
+    train(_cfg(feats, feat_run, "train.max_steps=3"), progress=False)
+    a, b = _losses(audio_run), _losses(feat_run)
+    for step in a:  # fp16 storage of the frames: agreement to about 1e-3 relative
+        assert abs(a[step] - b[step]) < 2e-3 * abs(a[step]), (step, a[step], b[step])
+    with pytest.raises(ValueError, match="frozen encoder"):
+        train(_cfg(feats, tmp_path / "x", "train.max_steps=1", "model.train_encoder_layers=1"), progress=False)
+
+
+def test_prepare_check_exit_codes(tone_manifest, tmp_path, capsys):
+    assert main(["prepare", "--check", str(tone_manifest), str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "duration_hist.png").stat().st_size > 0
+    bad = tone_manifest.parent / "bad.jsonl"  # beside the clips, so relative paths resolve
+    bad.write_text(tone_manifest.read_text() + '{"id": "u0", "audio": "wav/0.wav", "text": "dup"}\n{"id": "x", "audio": "gone.wav"}\n')
+    capsys.readouterr()
+    assert main(["prepare", "--check", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "bad.jsonl:13" in out and "bad.jsonl:14" in out

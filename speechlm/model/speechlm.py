@@ -42,6 +42,8 @@ class Batch:
     """Prompt per clip."""
     targets: list[list[int]] | None = None
     """Answer tokens per clip, ending with the end-of-turn token (None at inference)."""
+    frames: list[torch.Tensor] | None = None
+    """Cached frozen-encoder outputs, each [F_i, D], used instead of ``waves`` (speechlm prepare --features)."""
 
 
 class PromptFormatter:
@@ -105,11 +107,21 @@ class SpeechLM(nn.Module):
         return self.formatter.target_ids(answer)
 
     # ---- audio -------------------------------------------------------------------------------------
-    def encode_audio(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """waves -> audio embeddings [B, A, H] and their lengths [B]."""
+    def encode_audio(self, waves: list[torch.Tensor], frames: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """waves (or cached encoder frames) -> audio embeddings [B, A, H] and their lengths [B]."""
         frozen = not any(p.requires_grad for p in self.encoder.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            frames, lengths = self.encoder(waves)  # [B, F, D], [B]
+        if frames is not None:
+            if not frozen:
+                raise ValueError("cached encoder features need a frozen encoder (model.train_encoder_layers=0)")
+            lengths = torch.tensor([f.shape[0] for f in frames])  # [B]
+            p = next(self.adapter.parameters())
+            padded = p.new_zeros(len(frames), int(lengths.max()), frames[0].shape[-1])  # [B, F, D], zero padding
+            for i, f in enumerate(frames):
+                padded[i, : f.shape[0]] = f.to(p.device, p.dtype)
+            frames = padded
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+                frames, lengths = self.encoder(waves)  # [B, F, D], [B]
         audio = self.adapter(frames, lengths)  # [B, A, H]
         return audio, self.adapter.out_lengths(lengths)
 
@@ -143,7 +155,7 @@ class SpeechLM(nn.Module):
     # ---- training ----------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed cross-entropy over answer tokens and their count (the caller normalizes globally)."""
-        audio, audio_lengths = self.encode_audio(batch.waves)  # [B, A, H], [B]
+        audio, audio_lengths = self.encode_audio(batch.waves, batch.frames)  # [B, A, H], [B]
         emb, mask, labels = self.splice(batch, audio, audio_lengths)  # [B, L, H], [B, L], [B, L]
         hidden = self.decoder(inputs_embeds=emb, attention_mask=mask).last_hidden_state  # [B, L, H]
         nxt = labels[:, 1:]  # [B, L-1] token each position predicts
