@@ -200,3 +200,38 @@ def test_prepare_check_exit_codes(tone_manifest, tmp_path, capsys):
     assert main(["prepare", "--check", str(bad)]) == 1
     out = capsys.readouterr().out
     assert "bad.jsonl:13" in out and "bad.jsonl:14" in out
+
+
+def test_resume_after_a_killed_run(tone_manifest, tmp_path):
+    """SIGKILL a training process right after it writes a checkpoint; --resume auto continues exactly."""
+    import signal
+    import time
+
+    args = ["train", "--recipe", "tiny", "--train-manifest", str(tone_manifest), "--max-steps", "60",
+            "--set", "train.log_every=1", "train.save_every=3"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    ref = tmp_path / "ref"
+    subprocess.run([sys.executable, "-m", "speechlm.cli", *args, "--out-dir", str(ref)], check=True, env=env, capture_output=True)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "speechlm.cli", *args, "--out-dir", str(run)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = run / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = int(latest.read_text().strip().split("-")[1])
+    assert killed_at < 60, "the run finished before it could be killed"
+    subprocess.run([sys.executable, "-m", "speechlm.cli", *args, "--out-dir", str(run), "--resume", "auto"],
+                   check=True, env=env, capture_output=True)
+    a, b = _losses(ref), _losses(run)  # later lines win: the resumed run's own steps
+    assert sorted(b) == list(range(1, 61))
+    for step in range(killed_at + 1, 61):
+        assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+
+
+def test_bf16_autocast_option_trains(tone_manifest, tmp_path):
+    run = tmp_path / "bf16"
+    train(_cfg(tone_manifest, run, "train.max_steps=2", "train.bf16=true"), progress=False)
+    assert all(abs(v) < 50 for v in _losses(run).values())
