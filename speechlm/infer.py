@@ -23,12 +23,15 @@ class Transcriber:
     """Answer a task's instruction about each clip with a SpeechLM."""
 
     def __init__(self, model: SpeechLM, task: Task, num_beams: int = 1, max_new_tokens: int = 96,
-                 batch_size: int = 8, instruction: str | None = None, held_out_instructions: bool = False):
+                 batch_size: int = 8, instruction: str | None = None, held_out_instructions: bool = False,
+                 constrained: bool = False):
         self.model = model.eval()
         self.task = task
         self.num_beams = num_beams
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        # closed-set tasks can be decoded by scoring each allowed label instead of free generation
+        self.constrained = constrained and task.labels is not None and not task.asr_prefix
         # Evaluation uses the first paraphrase by default: fixed, so runs compare; held_out picks from the
         # disjoint pool to test instruction following the model never saw.
         pool = task.eval_instructions if held_out_instructions else task.instructions
@@ -54,7 +57,10 @@ class Transcriber:
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
             batch = [torch.as_tensor(np.asarray(waves[i], dtype=np.float32), device=device) for i in idx]
-            texts = self.model.generate(batch, [prompt] * len(idx), max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
+            if self.constrained:
+                texts = self.model.classify(batch, [prompt] * len(idx), list(self.task.labels))
+            else:
+                texts = self.model.generate(batch, [prompt] * len(idx), max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
             for i, t in zip(idx, texts):
                 out[i] = t
         return out

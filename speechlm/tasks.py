@@ -43,6 +43,13 @@ class Task:
     """Metric key in speechlm.metrics.METRICS (wer, cer, accuracy)."""
     labels: tuple[str, ...] | None = _UNSET
     """Closed label set, or None for free text."""
+    label_aliases: tuple[tuple[str, str], ...] = _UNSET
+    """(corpus value, canonical label) pairs, e.g. EmoDB's `anger` -> `angry`, applied before the label check."""
+    answer_format: str = _UNSET
+    """How the target field becomes text: `plain` (str), `join` (a list joined with ", "), `timestamps`
+    (word dicts -> `word<start,end>` ...)."""
+    asr_prefix: bool = _UNSET
+    """ASR+X (OSUM, Geng et al. 2025): the answer starts with the transcript, then `label_name: value`."""
     weight: float = _UNSET
     """Sampling weight in multi-task training."""
     stage: int = _UNSET
@@ -56,14 +63,42 @@ class Task:
         return self.template.format(audio=audio_token, instruction=instruction)
 
     def target_text(self, text: str | None, labels: dict[str, Any]) -> str:
+        """The answer the model is trained to give for one manifest line."""
         value = text if self.target == "text" else labels.get(self.target)
-        if value is None or str(value).strip() == "":
+        if value is None or (isinstance(value, (str, list, tuple)) and len(value) == 0) or str(value).strip() == "":
             raise ValueError(f"task {self.name!r}: missing or empty field {self.target!r}")
-        value = str(value).strip()
+        value = ANSWER_FORMATS[self.answer_format](value)
+        value = dict(self.label_aliases).get(value, value)
         if self.labels is not None and value not in self.labels:
-            raise ValueError(f"task {self.name!r}: label {value!r} not in {list(self.labels)}")
-        return self.target_template.format(target=value)
+            raise ValueError(f"task {self.name!r}: field {self.target!r}: label {value!r} not in {list(self.labels)}")
+        answer = self.target_template.format(target=value)
+        if self.asr_prefix and self.target != "text":
+            if not text or not text.strip():
+                raise ValueError(f"task {self.name!r}: ASR+X needs a transcript (field 'text')")
+            answer = f"{text.strip()}\n{self.target}: {answer}"
+        return answer
 
+    def parse_answer(self, hyp: str) -> str:
+        """The part of a generated answer that is scored: after `label_name:` for ASR+X answers."""
+        if self.asr_prefix and self.target != "text":
+            marker = f"{self.target}:"
+            return hyp.rsplit(marker, 1)[1].strip() if marker in hyp else hyp.strip()
+        return hyp.strip()
+
+
+def _timestamps(value: Any) -> str:
+    """[{"w": "hello", "start": 0.1, "end": 0.42}, ...] -> "hello<0.10,0.42> ..." (seconds, 2 decimals)."""
+    if isinstance(value, str):
+        return value
+    return " ".join(f"{w['w']}<{float(w['start']):.2f},{float(w['end']):.2f}>" for w in value)
+
+
+ANSWER_FORMATS: dict[str, Any] = {
+    "plain": lambda v: str(v).strip(),
+    "join": lambda v: ", ".join(str(x).strip() for x in v) if isinstance(v, (list, tuple)) else str(v).strip(),
+    "timestamps": _timestamps,
+}
+"""How a target field's value is written as answer text, keyed by Task.answer_format."""
 
 TASKS: dict[str, Task] = {}
 """Task registry keyed by name."""
@@ -87,6 +122,10 @@ def register(task: Task) -> Task:
         raise ValueError(f"task {task.name!r}: training and held-out instruction pools overlap")
     if task.loss_mask not in ("answer",):
         raise ValueError(f"task {task.name!r}: unknown loss_mask {task.loss_mask!r}")
+    if task.answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"task {task.name!r}: unknown answer_format {task.answer_format!r}; known: {', '.join(ANSWER_FORMATS)}")
+    if len(task.instructions) < 1 or (task.base is None and len(task.eval_instructions) < 1):
+        raise ValueError(f"task {task.name!r}: needs training and held-out instructions")
     TASKS[task.name] = task
     return task
 
@@ -119,6 +158,11 @@ register(Task(
     loss_mask="answer",
     metric="wer",
     labels=None,
+    label_aliases=(),
+    answer_format="plain",
+    asr_prefix=False,
     weight=1.0,
     stage=0,
 ))
+
+from speechlm import tasklib  # noqa: E402,F401  (registers the other task records)

@@ -86,3 +86,32 @@ def test_task_inheritance_and_checks():
             get_task("no-such-task")
     finally:
         TASKS.pop("test-digits", None)
+
+
+SAMPLE_LINE = {"text": "set an alarm for seven", "emotion": "anger", "gender": "female", "age_group": "adult",
+               "style": "fast, high-pitched, loud", "rate_class": "fast", "pitch_class": "high", "loudness_class": "loud",
+               "emotion_intensity": "strong", "event": "laugh", "answer": "Paris is the capital of France.",
+               "intent": "set_alarm", "keywords": ["seven"], "digit": 7,
+               "words": [{"w": "set", "start": 0.1, "end": 0.3}, {"w": "an", "start": 0.35, "end": 0.45}]}
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_record_is_complete_and_formats_a_target(name):
+    task = get_task(name)
+    assert len(task.instructions) >= 5 and len(task.eval_instructions) >= 2, "5+ training and 2+ held-out paraphrases"
+    assert not set(task.instructions) & set(task.eval_instructions)
+    assert "{audio}" in task.template and task.description
+    answer = task.target_text(SAMPLE_LINE["text"], SAMPLE_LINE)
+    assert answer.strip()
+    if task.labels is not None:
+        assert task.parse_answer(answer) in task.labels
+    if task.asr_prefix:
+        assert answer.startswith(SAMPLE_LINE["text"])
+
+
+def test_label_aliases_and_label_errors_name_the_field():
+    assert get_task("ser").target_text("", {"emotion": "sadness"}) == "sad"
+    with pytest.raises(ValueError, match="field 'gender'.*'robot'"):
+        get_task("sgc").target_text("", {"gender": "robot"})
+    with pytest.raises(ValueError, match="missing or empty field 'emotion'"):
+        get_task("ser").target_text("x", {})

@@ -178,3 +178,19 @@ def test_real_backbones_forward_and_generate():
         loss, n = m(Batch(ids=["a"], waves=[_wave(1.0)], prompts=[p], targets=[m.target_ids("hello")]))
     assert torch.isfinite(loss) and 0 < float(loss / n) < 30
     assert isinstance(m.eval().generate([_wave(1.0)], [p], max_new_tokens=3)[0], str)
+
+
+def test_constrained_decoding_picks_the_most_likely_label():
+    m = speechlm_tiny().eval()
+    p = m.prompt_ids("<|audio|>\nIs the speaker male or female?")
+    waves = [_wave(0.6, 1), _wave(1.1, 2)]
+    labels = ["male", "female", "unknown"]
+    picked = m.classify(waves, [p, p], labels)
+    assert all(x in labels for x in picked)
+    # reference: the summed answer log-likelihood of each label, one forward per (clip, label)
+    for i, w in enumerate(waves):
+        scores = []
+        for lab in labels:
+            loss, _ = m(Batch(ids=["x"], waves=[w], prompts=[p], targets=[m.target_ids(lab)]))
+            scores.append(-float(loss))
+        assert picked[i] == labels[int(np.argmax(scores))]

@@ -178,6 +178,26 @@ class SpeechLM(nn.Module):
         )  # [B, <=max_new_tokens]: only new tokens when generating from embeddings
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
+    @torch.no_grad()
+    def classify(self, waves: list[torch.Tensor], prompts: list[PromptIds], labels: list[str]) -> list[str]:
+        """Constrained decoding for closed-set tasks (SpeechVerse): score log p(label + end-of-turn | prompt,
+        audio) for every allowed label and return the best one per clip. The audio is encoded once."""
+        audio, audio_lengths = self.encode_audio(waves)  # [B, A, H], [B]
+        label_ids = [self.target_ids(lab) for lab in labels]
+        n = len(labels)
+        rep = torch.arange(len(waves), device=audio.device).repeat_interleave(n)  # [B*n] clip of each row
+        batch = Batch(ids=[str(int(i)) for i in rep], waves=[], prompts=[prompts[int(i)] for i in rep],
+                      targets=[label_ids[j % n] for j in range(len(rep))])
+        emb, mask, tgt = self.splice(batch, audio[rep], audio_lengths[rep])  # [B*n, L, H], [B*n, L], [B*n, L]
+        hidden = self.decoder(inputs_embeds=emb, attention_mask=mask).last_hidden_state  # [B*n, L, H]
+        nxt = tgt[:, 1:]  # [B*n, L-1]
+        pick = nxt != IGNORE
+        logp = torch.log_softmax(self.causal_lm.get_output_embeddings()(hidden[:, :-1][pick]).float(), dim=-1)  # [Y, V]
+        token_lp = logp.gather(1, nxt[pick][:, None])[:, 0]  # [Y]
+        row = torch.arange(len(rep), device=audio.device)[:, None].expand_as(nxt)[pick]  # [Y] row of each token
+        scores = torch.zeros(len(rep), device=audio.device).index_add_(0, row, token_lp).view(len(waves), n)  # [B, n]
+        return [labels[int(j)] for j in scores.argmax(dim=1)]
+
     # ---- trainable state ---------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only the trained weights (adapter, LoRA, unfrozen encoder layers): what a checkpoint stores."""
