@@ -78,7 +78,7 @@ _STYLE_INSTR = (
     "What is the speaking style of this clip?",
 )
 register(Task(
-    name="ssr", base="ser",
+    name="ssr", base="asr",  # free-text answer: inherit from asr, since labels=None would mean "inherit" from ser
     description="Speaking style: rate, pitch and loudness in one phrase (e.g. 'fast, high-pitched, loud').",
     instructions=_STYLE_INSTR,
     eval_instructions=("Summarize the manner of speaking.", "Tell me about the voice's speed, pitch and volume."),
@@ -129,7 +129,7 @@ register(Task(
 ))
 
 register(Task(
-    name="slu-intent", base="ser",
+    name="slu-intent", base="asr",  # open intent set: the corpus defines it
     description="Spoken language understanding: the intent of a spoken command.",
     instructions=(
         "What does the speaker want? Give the intent.",
