@@ -70,6 +70,11 @@ class DataConfig:
     """Optional JSONL manifest scored for validation loss during training."""
     task: str = "asr"
     """Task record name (`speechlm ls tasks`): prompt template, target field, loss mask, metric."""
+    tasks: list[str] = field(default_factory=list)
+    """Multi-task training: task names with optional weights (`asr`, `ser:2`); replaces `task` when set.
+    A manifest line serves every task whose target field it carries."""
+    temperature: float = 1.0
+    """Multi-task sampling temperature: p_i ∝ (w_i · n_i)^(1/T); larger T flattens towards uniform."""
     max_seconds_per_batch: float = 20.0
     """Budget of audio seconds per global batch (before gradient accumulation)."""
     max_batch: int = 16

@@ -21,9 +21,11 @@ from speechlm.tasks import Task
 
 class SpeechDataset(Dataset):
     def __init__(self, cuts: list[Cut], task: Task, formatter: PromptFormatter, seed: int = 0,
-                 held_out_instructions: bool = False, with_targets: bool = True, skip_bad: bool = False):
+                 held_out_instructions: bool = False, with_targets: bool = True, skip_bad: bool = False,
+                 tasks: list[Task] | None = None):
         self.cuts = cuts
         self.task = task
+        self.tasks = tasks  # multi-task: the task of each example (speechlm.mixture), else `task` for all
         self.formatter = formatter
         self.seed = seed
         self.epoch = 0
@@ -37,8 +39,8 @@ class SpeechDataset(Dataset):
     def __len__(self) -> int:
         return len(self.cuts)
 
-    def _prompt_uncached(self, instruction: str) -> PromptIds:
-        return self.formatter.prompt_ids(self.task.user_message(instruction, self.formatter.audio_token))
+    def _prompt_uncached(self, task: Task, instruction: str) -> PromptIds:
+        return self.formatter.prompt_ids(task.user_message(instruction, self.formatter.audio_token))
 
     def __getitem__(self, i: int) -> dict | None:
         cut = self.cuts[i]
@@ -51,7 +53,7 @@ class SpeechDataset(Dataset):
                 if self.skip_bad:
                     return None
                 raise ValueError(f"{cut.source or cut.id}: cached features: {e}") from e
-            item = self.build_item(cut.id, None, cut.text, cut.labels, self.epoch, cut.source)
+            item = self.build_item(cut.id, None, cut.text, cut.labels, self.epoch, cut.source, self._task(i))
             item["frames"] = frames
             return item
         try:
@@ -60,18 +62,23 @@ class SpeechDataset(Dataset):
             if self.skip_bad:
                 return None
             raise AudioError(f"{cut.source or cut.id}: {e}") from e
-        return self.build_item(cut.id, wave, cut.text, cut.labels, self.epoch, cut.source)
+        return self.build_item(cut.id, wave, cut.text, cut.labels, self.epoch, cut.source, self._task(i))
 
-    def build_item(self, cut_id: str, wave, text: str | None, labels: dict, epoch: int, source: str = "") -> dict:
-        """Prompt (instruction drawn from seed, epoch and id: a resumed run sees the same), audio, answer."""
-        rng = random.Random(f"{self.seed}:{epoch}:{cut_id}")
-        prompt = self._prompt(self.task.instruction(rng, held_out=self.held_out))
+    def _task(self, i: int) -> Task:
+        return self.tasks[i] if self.tasks is not None else self.task
+
+    def build_item(self, cut_id: str, wave, text: str | None, labels: dict, epoch: int, source: str = "",
+                   task: Task | None = None) -> dict:
+        """Prompt (instruction drawn from seed, epoch, task and id: a resumed run sees the same), audio, answer."""
+        task = task or self.task
+        rng = random.Random(f"{self.seed}:{epoch}:{task.name}:{cut_id}")
+        prompt = self._prompt(task, task.instruction(rng, held_out=self.held_out))
         item = {"id": cut_id, "prompt": prompt}
         if wave is not None:
             item["wave"] = torch.as_tensor(wave)
         if self.with_targets:
             try:
-                item["target"] = self.formatter.target_ids(self.task.target_text(text, labels))
+                item["target"] = self.formatter.target_ids(task.target_text(text, labels))
             except ValueError as e:
                 raise ValueError(f"{source or cut_id}: {e}") from e
         return item

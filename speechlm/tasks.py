@@ -7,6 +7,8 @@ the loss-mask rule, the metric key (``speechlm.metrics.METRICS``), an optional c
 weight and a curriculum stage. ``base=`` inherits every field not given, so a new task is one record:
 
     register(Task(name="asr-digits", base="asr", metric="accuracy", labels=("zero", ..., "nine")))
+
+A field left as None inherits from the base; to get a free-text task (``labels=None``) derive from one.
 """
 
 from __future__ import annotations

@@ -186,7 +186,7 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
     np.random.seed(cfg.train.seed)
     task = get_task(cfg.data.task)
     required = ("text",) if task.target == "text" else (task.target,)
-    corpus = None
+    corpus = example_tasks = None
     if cfg.data.train_shards:  # streaming tar shards: checked when written (speechlm prepare --shards)
         from speechlm.data.shards import ShardDataset, ShardedCuts, iter_shards
 
@@ -194,8 +194,14 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         cuts, data_report = [], {"good": len(corpus.ids), "bad": len(corpus.skipped), "problems": corpus.skipped[:20]}
         n_clips, hours = len(corpus.ids), corpus.total_seconds / 3600
     else:
-        cuts, data_report = load_cuts(cfg.data.train_manifest, required, cfg.model.max_audio_seconds, cfg.data.skip_bad)
+        multi = bool(cfg.data.tasks)
+        cuts, data_report = load_cuts(cfg.data.train_manifest, () if multi else required, cfg.model.max_audio_seconds, cfg.data.skip_bad)
         n_clips, hours = len(cuts), sum(c.duration for c in cuts) / 3600
+        if multi:  # (cut, task) examples by weight and temperature; invalid labels fail here, before training
+            from speechlm.mixture import build_mixture, parse_task_weights
+
+            cuts, example_tasks, data_report["tasks"] = build_mixture(
+                cuts, parse_task_weights(cfg.data.tasks), cfg.data.temperature, seed=cfg.train.seed)
     val_cuts = load_cuts(cfg.data.val_manifest, required, cfg.model.max_audio_seconds, cfg.data.skip_bad)[0] if cfg.data.val_manifest else []
 
     model = build_speechlm(cfg.model, seed=cfg.train.seed).to(device)
@@ -214,7 +220,8 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps))
-    dataset = SpeechDataset(cuts, task, model.formatter, seed=cfg.train.seed, skip_bad=cfg.data.skip_bad)
+    dataset = SpeechDataset(cuts, task, model.formatter, seed=cfg.train.seed, skip_bad=cfg.data.skip_bad,
+                            tasks=example_tasks if corpus is None else None)
     sampler = shard_ds = dummy = None
     if corpus is None:
         sampler = DurationBatchSampler(

@@ -1,0 +1,71 @@
+"""Multi-task data: eligibility by field, sampling weights and temperature, invalid labels, training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from speechlm.config import load_recipe
+from speechlm.data.manifest import Cut, ManifestError
+from speechlm.mixture import build_mixture, parse_task_weights, task_probabilities
+from speechlm.train import train
+
+
+def _cuts(n_gender: int = 6, n_text_only: int = 4) -> list[Cut]:
+    cuts = [Cut(id=f"g{i}", audio="/x.wav", duration=1.0, text="hello", labels={"gender": "male" if i % 2 else "female"},
+                source=f"m.jsonl:{i + 1}") for i in range(n_gender)]
+    return cuts + [Cut(id=f"t{i}", audio="/x.wav", duration=1.0, text="world", source=f"m.jsonl:{n_gender + i + 1}")
+                   for i in range(n_text_only)]
+
+
+def test_probabilities_follow_weights_and_temperature():
+    sizes = {"asr": 900, "sgc": 100}
+    p1 = task_probabilities(sizes, {"asr": 1, "sgc": 1}, 1.0)
+    assert p1["asr"] == pytest.approx(0.9)
+    p_flat = task_probabilities(sizes, {"asr": 1, "sgc": 1}, 1e6)
+    assert p_flat["asr"] == pytest.approx(0.5, abs=1e-3)
+    p_w = task_probabilities(sizes, {"asr": 1, "sgc": 9}, 1.0)
+    assert p_w["sgc"] == pytest.approx(0.5)
+    p2 = task_probabilities(sizes, {"asr": 1, "sgc": 1}, 2.0)
+    assert p2["sgc"] == pytest.approx(100 ** 0.5 / (900 ** 0.5 + 100 ** 0.5))
+    with pytest.raises(ValueError, match="temperature"):
+        task_probabilities(sizes, {"asr": 1, "sgc": 1}, 0)
+
+
+def test_mixture_uses_lines_that_carry_each_field():
+    cuts = _cuts()
+    ex_cuts, ex_tasks, report = build_mixture(cuts, parse_task_weights(["asr", "sgc:1"]), seed=0)
+    assert report["eligible"] == {"asr": 10, "sgc": 6}
+    assert len(ex_cuts) == len(ex_tasks) == sum(report["examples"].values())
+    assert all("gender" in c.labels for c, t in zip(ex_cuts, ex_tasks) if t.name == "sgc")
+    again = build_mixture(cuts, parse_task_weights(["asr", "sgc:1"]), seed=0)
+    assert [c.id for c in again[0]] == [c.id for c in ex_cuts], "deterministic given the seed"
+
+
+def test_mixture_errors_name_line_field_and_task():
+    cuts = _cuts()
+    cuts[2].labels["gender"] = "robot"
+    with pytest.raises(ManifestError, match=r"m.jsonl:3: field 'gender'"):
+        build_mixture(cuts, parse_task_weights(["sgc"]))
+    with pytest.raises(ManifestError, match="ser .field 'emotion'"):
+        build_mixture(_cuts(), parse_task_weights(["ser"]))
+    with pytest.raises(KeyError, match="registered tasks"):
+        parse_task_weights(["nope"])
+    with pytest.raises(ValueError, match="name:weight"):
+        parse_task_weights(["ser:lots"])
+
+
+def test_multitask_training_runs_and_reports_tasks(tone_manifest, tmp_path):
+    # speaker labels s0/s1 -> gender, so the tone clips serve asr and sgc
+    lines = [json.loads(line) for line in tone_manifest.read_text().splitlines()]
+    for d in lines:
+        d["gender"] = "male" if d["speaker"] == "s0" else "female"
+    manifest = tone_manifest.parent / "mt.jsonl"
+    manifest.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    run = tmp_path / "run"
+    cfg = load_recipe("tiny", [f"data.train_manifest={manifest}", f"train.out_dir={run}", "train.max_steps=3",
+                               "data.tasks=asr,sgc:2", "data.temperature=2"])
+    train(cfg, progress=False)
+    report = json.loads((run / "data_report.json").read_text())["tasks"]
+    assert report["eligible"] == {"asr": 12, "sgc": 12} and report["examples"]["sgc"] > report["examples"]["asr"]
