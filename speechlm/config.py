@@ -109,6 +109,9 @@ class TrainConfig:
     """bf16 autocast for the forward pass (fast on GPUs and CPUs with AVX512-BF16/AMX; slow on plain AVX2)."""
     seed: int = 0
     """Seed for weights, sampler and instruction choice."""
+    stages: list[dict] = field(default_factory=list)
+    """Curriculum stage table: rows of {steps, tasks: [name or name:weight], trainable: adapter[+lora][+encoder]};
+    steps must add up to max_steps. Empty: one stage with data.task / data.tasks. The stage is checkpointed."""
     log_every: int = 5
     """Write a log line (JSONL + TensorBoard) every N optimizer steps."""
     save_every: int = 100

@@ -12,6 +12,8 @@ drawn without replacement within each pass over that task's lines (deterministic
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from speechlm.data.manifest import Cut, ManifestError
@@ -84,3 +86,73 @@ def build_mixture(cuts: list[Cut], weights: dict[str, float], temperature: float
         counts[name] = k
     report = {"eligible": sizes, "probabilities": probs, "examples": counts, "temperature": temperature}
     return ex_cuts, ex_tasks, report
+
+
+# ---------------------------------------------------------------------------------------------------
+# curriculum
+# ---------------------------------------------------------------------------------------------------
+TRAINABLE_PARTS = ("adapter", "lora", "encoder")
+"""What a stage may train: the adapter, the LLM's LoRA, the encoder's unfrozen top layers (if the model has them)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of a recipe's stage table (SpeechVerse-style curriculum: e.g. ASR first, then everything)."""
+
+    steps: int
+    """Optimizer steps in this stage."""
+    tasks: tuple[str, ...]
+    """Task names with optional weights (`ser:2`)."""
+    trainable: tuple[str, ...]
+    """Parts trained in this stage (subset of TRAINABLE_PARTS)."""
+
+
+def parse_stages(rows: list[dict], max_steps: int, where: str = "train.stages") -> list[Stage]:
+    """Check a stage table: known keys, tasks and parts, positive steps that add up to train.max_steps."""
+    stages = []
+    for i, row in enumerate(rows):
+        at = f"{where}[{i}]"
+        if not isinstance(row, dict):
+            raise ValueError(f"{at}: expected a mapping with steps, tasks, trainable")
+        unknown = set(row) - {"steps", "tasks", "trainable"}
+        if unknown:
+            raise ValueError(f"{at}: unknown key(s) {sorted(unknown)}; a stage has steps, tasks, trainable")
+        steps = row.get("steps")
+        if not isinstance(steps, int) or steps <= 0:
+            raise ValueError(f"{at}.steps: expected a positive integer, got {steps!r}")
+        tasks = row.get("tasks")
+        tasks = [tasks] if isinstance(tasks, str) else tasks
+        if not tasks:
+            raise ValueError(f"{at}.tasks: a stage needs at least one task")
+        try:
+            parse_task_weights(list(tasks))
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{at}.tasks: {e.args[0] if e.args else e}") from None
+        parts = row.get("trainable", "adapter+lora")
+        parts = tuple(p.strip() for p in (parts.split("+") if isinstance(parts, str) else parts))
+        bad = [p for p in parts if p not in TRAINABLE_PARTS]
+        if bad or not parts:
+            raise ValueError(f"{at}.trainable: unknown part(s) {bad}; choose from {'+'.join(TRAINABLE_PARTS)}")
+        stages.append(Stage(steps=steps, tasks=tuple(tasks), trainable=parts))
+    total = sum(s.steps for s in stages)
+    if stages and total != max_steps:
+        raise ValueError(f"{where}: stage steps add up to {total}, but train.max_steps is {max_steps}")
+    return stages
+
+
+def stage_at(stages: list[Stage], step: int) -> int:
+    """Index of the stage that optimizer step ``step`` (0-based count of steps done) belongs to."""
+    end = 0
+    for i, s in enumerate(stages):
+        end += s.steps
+        if step < end:
+            return i
+    return len(stages) - 1
+
+
+def set_trainable(model, names: set[str], parts: tuple[str, ...]) -> None:
+    """Freeze or unfreeze the model's trainable parameters by part for a stage."""
+    for n, p in model.named_parameters():
+        if n in names:
+            part = "lora" if "lora_" in n else "adapter" if n.startswith("adapter.") else "encoder"
+            p.requires_grad_(part in parts)

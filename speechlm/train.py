@@ -186,7 +186,14 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
     np.random.seed(cfg.train.seed)
     task = get_task(cfg.data.task)
     required = ("text",) if task.target == "text" else (task.target,)
-    corpus = example_tasks = None
+    corpus = None
+    stages = []
+    if cfg.train.stages:
+        from speechlm.mixture import parse_stages, set_trainable, stage_at
+
+        if cfg.data.train_shards:
+            raise ValueError("train.stages: a curriculum needs data.train_manifest (stages are not supported with shards)")
+        stages = parse_stages(cfg.train.stages, cfg.train.max_steps)
     if cfg.data.train_shards:  # streaming tar shards: checked when written (speechlm prepare --shards)
         from speechlm.data.shards import ShardDataset, ShardedCuts, iter_shards
 
@@ -194,14 +201,20 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         cuts, data_report = [], {"good": len(corpus.ids), "bad": len(corpus.skipped), "problems": corpus.skipped[:20]}
         n_clips, hours = len(corpus.ids), corpus.total_seconds / 3600
     else:
-        multi = bool(cfg.data.tasks)
+        multi = bool(cfg.data.tasks or stages)
         cuts, data_report = load_cuts(cfg.data.train_manifest, () if multi else required, cfg.model.max_audio_seconds, cfg.data.skip_bad)
         n_clips, hours = len(cuts), sum(c.duration for c in cuts) / 3600
-        if multi:  # (cut, task) examples by weight and temperature; invalid labels fail here, before training
-            from speechlm.mixture import build_mixture, parse_task_weights
+    # Examples of each stage: (cut, task) pairs by weight and temperature (speechlm.mixture); every stage is
+    # built now, so an invalid label or a task no line serves fails before training starts.
+    stage_data: list[tuple[list[Cut], list | None]] = [(cuts, None)]
+    if corpus is None and multi:
+        from speechlm.mixture import build_mixture, parse_task_weights
 
-            cuts, example_tasks, data_report["tasks"] = build_mixture(
-                cuts, parse_task_weights(cfg.data.tasks), cfg.data.temperature, seed=cfg.train.seed)
+        rows = [s.tasks for s in stages] if stages else [cfg.data.tasks]
+        built = [build_mixture(cuts, parse_task_weights(list(t)), cfg.data.temperature, seed=cfg.train.seed + k)
+                 for k, t in enumerate(rows)]
+        stage_data = [(ex_cuts, ex_tasks) for ex_cuts, ex_tasks, _ in built]
+        data_report["tasks"] = [report for _, _, report in built] if stages else built[0][2]
     val_cuts = load_cuts(cfg.data.val_manifest, required, cfg.model.max_audio_seconds, cfg.data.skip_bad)[0] if cfg.data.val_manifest else []
 
     model = build_speechlm(cfg.model, seed=cfg.train.seed).to(device)
@@ -217,18 +230,23 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
                 raise ValueError(f"{cfg.data.train_manifest}: cached features need a frozen encoder; "
                                  "set model.train_encoder_layers=0 or data.use_features=false")
             verify_features(cfg.data.train_manifest, model.encoder)  # refuses another encoder's features
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for n, p in model.named_parameters() if n in model.trainable_names]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps))
-    dataset = SpeechDataset(cuts, task, model.formatter, seed=cfg.train.seed, skip_bad=cfg.data.skip_bad,
-                            tasks=example_tasks if corpus is None else None)
-    sampler = shard_ds = dummy = None
-    if corpus is None:
-        sampler = DurationBatchSampler(
-            [c.duration for c in cuts], cfg.data.max_seconds_per_batch, cfg.data.max_batch,
-            shuffle=True, seed=cfg.train.seed, rank=rank, world_size=world,
-        )
-    else:
+
+    def make_data(k: int) -> tuple[SpeechDataset, DurationBatchSampler | None]:
+        """Dataset and sampler of stage ``k`` (the only stage without a curriculum)."""
+        ex_cuts, ex_tasks = stage_data[k]
+        ds = SpeechDataset(ex_cuts, task, model.formatter, seed=cfg.train.seed, skip_bad=cfg.data.skip_bad, tasks=ex_tasks)
+        if corpus is not None:
+            return ds, None
+        return ds, DurationBatchSampler([c.duration for c in ex_cuts], cfg.data.max_seconds_per_batch, cfg.data.max_batch,
+                                        shuffle=True, seed=cfg.train.seed + k, rank=rank, world_size=world)
+
+    stage_idx = 0
+    dataset, sampler = make_data(0)
+    shard_ds = dummy = None
+    if corpus is not None:
         shard_ds = ShardDataset(corpus, rank=rank, world_size=world, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
                                 shuffle_buffer=cfg.data.shuffle_buffer, max_seconds=cfg.data.max_seconds_per_batch,
                                 max_batch=cfg.data.max_batch, transform=dataset.from_shard_item)
@@ -261,6 +279,9 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         state = torch.load(ckpt / "state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if stages:
+            stage_idx = state.get("stage", 0)
+            dataset, sampler = make_data(stage_idx)
         if sampler is not None:
             sampler.load_state_dict(state["sampler"])
             consumed = state["sampler"]["position"]
@@ -271,9 +292,15 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         if rank == 0:
             print(f"[speechlm] resumed from {ckpt} at step {step}", flush=True)
 
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    def wrap() -> torch.nn.Module:
+        """DDP registers the parameters that need gradients when it wraps: wrap again when a stage changes them."""
+        if world == 1:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if stages:
+        set_trainable(model, model.trainable_names, stages[stage_idx].trainable)
+    net = wrap()
 
     log_path = out_dir / "train_log.jsonl"
     writer = bar = None
@@ -296,7 +323,7 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         if rank != 0:
             return None
         extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                 "rng": rng_state(), **data_state}
+                 "rng": rng_state(), "stage": stage_idx, **data_state}
         return save_checkpoint(model, cfg, out_dir, step, extra)
 
     # ---- train ------------------------------------------------------------------------------------
@@ -305,6 +332,15 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
     dtype_ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.train.bf16 else None
     stop = False
     while step < cfg.train.max_steps and not stop:
+        if stages and stage_at(stages, step) != stage_idx:  # next curriculum stage: its data, its trainable parts
+            stage_idx = stage_at(stages, step)
+            dataset, sampler = make_data(stage_idx)
+            consumed = 0
+            set_trainable(model, model.trainable_names, stages[stage_idx].trainable)
+            net = wrap()
+            if rank == 0:
+                print(f"\n[speechlm] stage {stage_idx + 1}/{len(stages)} at step {step}: tasks {', '.join(stages[stage_idx].tasks)}; "
+                      f"training {'+'.join(stages[stage_idx].trainable)}", flush=True)
         micro = 0
         for batch, weight, unit in micro_batches():
             consumed += 1
@@ -344,7 +380,8 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
                 dt = max(1e-9, time.time() - window["t0"])
                 rec = {"step": step, "split": "train", "loss": window["loss"] / max(1, window["tokens"]),
                        "lr": scheduler.get_last_lr()[0], "samples_per_s": window["samples"] * world / dt,
-                       "audio_s_per_s": window["audio_s"] * world / dt, "elapsed_s": time.time() - t_start, "epoch": epoch_now()}
+                       "audio_s_per_s": window["audio_s"] * world / dt, "elapsed_s": time.time() - t_start, "epoch": epoch_now(),
+                       "stage": stage_idx}
                 with open(log_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(rec) + "\n")
                 for k in ("loss", "lr", "samples_per_s"):
@@ -368,6 +405,8 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
                 if timed_out and rank == 0:
                     print(f"\n[speechlm] time limit of {cfg.train.max_minutes} min reached at step {step}", flush=True)
                 break
+            if stages and stage_at(stages, step) != stage_idx:
+                break  # the stage is over; the outer loop sets up the next one
         else:
             consumed = 0  # epoch finished: the sampler moved to the next epoch by itself
             if shard_ds is not None:

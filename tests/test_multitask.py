@@ -69,3 +69,59 @@ def test_multitask_training_runs_and_reports_tasks(tone_manifest, tmp_path):
     train(cfg, progress=False)
     report = json.loads((run / "data_report.json").read_text())["tasks"]
     assert report["eligible"] == {"asr": 12, "sgc": 12} and report["examples"]["sgc"] > report["examples"]["asr"]
+
+
+def _gender_manifest(tone_manifest):
+    lines = [json.loads(line) for line in tone_manifest.read_text().splitlines()]
+    for d in lines:
+        d["gender"] = "male" if d["speaker"] == "s0" else "female"
+    manifest = tone_manifest.parent / "mt.jsonl"
+    manifest.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    return manifest
+
+
+STAGES = '[{"steps": 3, "tasks": ["asr"], "trainable": "adapter"}, {"steps": 4, "tasks": ["asr", "sgc:2"], "trainable": "adapter+lora"}]'
+
+
+def _losses(run):
+    return {r["step"]: r for r in map(json.loads, (run / "train_log.jsonl").read_text().splitlines()) if r["split"] == "train"}
+
+
+def test_curriculum_stages_switch_tasks_and_trainable_parts_and_resume_exactly(tone_manifest, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    manifest = _gender_manifest(tone_manifest)
+    full = tmp_path / "full"
+    common = [f"data.train_manifest={manifest}", "train.max_steps=7", "train.save_every=2", "train.log_every=1", f"train.stages={STAGES}"]
+    train(load_recipe("tiny", common + [f"train.out_dir={full}"]), progress=False)
+    log = _losses(full)
+    assert [log[s]["stage"] for s in range(1, 8)] == [0, 0, 0, 1, 1, 1, 1]
+    # stage 1 trains the adapter only: LoRA weights at step 2 are still their initial values (B = 0)
+    w2 = load_file(str(full / "checkpoints" / "step-000002" / "trainable.safetensors"))
+    lora_b = [k for k in w2 if "lora_B" in k]
+    assert lora_b and all(float(w2[k].abs().max()) == 0.0 for k in lora_b)
+    w6 = load_file(str(full / "checkpoints" / "step-000006" / "trainable.safetensors"))
+    assert any(float(w6[k].abs().max()) > 0 for k in lora_b)
+    assert torch.load(full / "checkpoints" / "step-000004" / "state.pt", weights_only=False)["stage"] == 1
+    # resume inside stage 1 and across the stage boundary: the same losses as the uninterrupted run
+    for ckpt in ("step-000002", "step-000004"):
+        run = tmp_path / f"resume-{ckpt}"
+        train(load_recipe("tiny", common + [f"train.out_dir={run}"]), resume=str(full / "checkpoints" / ckpt), progress=False)
+        for step, rec in _losses(run).items():
+            assert abs(rec["loss"] - log[step]["loss"]) < 1e-5, (ckpt, step)
+
+
+@pytest.mark.parametrize("stages,needle", [
+    ('[{"steps": 3, "tasks": ["asr"]}]', "add up to 3, but train.max_steps is 7"),
+    ('[{"steps": 7, "tasks": ["nope"]}]', r"train.stages\[0\].tasks"),
+    ('[{"steps": 7, "tasks": ["asr"], "trainable": "adapter+llm"}]', r"train.stages\[0\].trainable"),
+    ('[{"steps": 0, "tasks": ["asr"]}]', r"train.stages\[0\].steps"),
+    ('[{"steps": 7, "tasks": ["asr"], "lr": 1}]', "unknown key"),
+])
+def test_bad_stage_tables_are_named(tone_manifest, tmp_path, stages, needle):
+    cfg = load_recipe("tiny", [f"data.train_manifest={tone_manifest}", f"train.out_dir={tmp_path / 'r'}", "train.max_steps=7",
+                               f"train.stages={stages}"])
+    with pytest.raises(ValueError, match=needle):
+        train(cfg, progress=False)
+    assert not (tmp_path / "r" / "checkpoints").exists()

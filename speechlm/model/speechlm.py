@@ -85,6 +85,8 @@ class SpeechLM(nn.Module):
         self.tokenizer = tokenizer
         self.audio_token = audio_token
         self.formatter = PromptFormatter(tokenizer, audio_token, system_prompt)
+        # What checkpoints hold: everything trainable at construction, even if a curriculum stage freezes part of it.
+        self.trainable_names = {n for n, p in self.named_parameters() if p.requires_grad}
 
     # ---- pieces of the LLM, whether or not peft wraps it -------------------------------------------
     @property
@@ -201,12 +203,11 @@ class SpeechLM(nn.Module):
     # ---- trainable state ---------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only the trained weights (adapter, LoRA, unfrozen encoder layers): what a checkpoint stores."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v.detach().clone() for k, v in self.state_dict().items() if k in names}
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if k in self.trainable_names}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         own = dict(self.named_parameters())
-        missing = {n for n, p in own.items() if p.requires_grad} - set(state)
+        missing = self.trainable_names - set(state)
         unknown = set(state) - set(own)
         if missing or unknown:
             raise KeyError(f"checkpoint does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unknown)[:5]}")
