@@ -236,3 +236,11 @@ def compute_metric(
     except KeyError:
         raise KeyError(f"unknown metric {name!r}; known: {sorted(METRICS)}") from None
     return fn(refs, hyps, normalize=normalize)
+
+
+# Multi-task metrics (accuracy_f1, timestamps, token_f1, rouge_l, keyword_f1) share the registry; imported last
+# because speechlm.taskmetrics uses normalize_english from this module.
+from speechlm.taskmetrics import TASK_HIGHER_IS_BETTER, TASK_METRICS  # noqa: E402
+
+METRICS.update(TASK_METRICS)
+HIGHER_IS_BETTER.update(TASK_HIGHER_IS_BETTER)

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 ALL_SUBSET = "all"
 
 # Metrics that are fractions in [0, 1] and are shown as percentages in tables.
-PERCENT_METRICS = frozenset({"wer", "cer", "accuracy"})
+PERCENT_METRICS = frozenset({"wer", "cer", "accuracy", "accuracy_f1", "macro_f1", "token_f1", "exact_match", "rouge_l", "keyword_f1", "micro_f1"})
 
 # Row keys written first in results.jsonl so the file reads well with `head`/`jq`.
 _ROW_KEY_ORDER = ("id", "system", "subset", "ref", "hyp", "wer")

@@ -42,7 +42,7 @@ class Task:
     loss_mask: str = _UNSET
     """`answer`: loss on the answer tokens and the end-of-turn token only (prompt and audio masked)."""
     metric: str = _UNSET
-    """Metric key in speechlm.metrics.METRICS (wer, cer, accuracy)."""
+    """Metric key in speechlm.metrics.METRICS (wer, cer, accuracy, accuracy_f1, timestamps, token_f1, rouge_l, keyword_f1)."""
     labels: tuple[str, ...] | None = _UNSET
     """Closed label set, or None for free text."""
     label_aliases: tuple[tuple[str, str], ...] = _UNSET

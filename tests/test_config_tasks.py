@@ -115,3 +115,9 @@ def test_label_aliases_and_label_errors_name_the_field():
         get_task("sgc").target_text("", {"gender": "robot"})
     with pytest.raises(ValueError, match="missing or empty field 'emotion'"):
         get_task("ser").target_text("x", {})
+
+
+def test_every_task_metric_is_registered():
+    from speechlm.metrics import METRICS
+
+    assert {t.metric for t in TASKS.values()} <= set(METRICS)
