@@ -41,7 +41,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jiwer
 
-from speechlm.metrics import normalize_english
+
+
+def normalize_english(text: Any) -> str:
+    """Whisper's English normalizer (speechlm.metrics). Imported on call: speechlm.metrics registers this
+    module's metrics when it loads, so importing it at module level here would be circular."""
+    from speechlm.metrics import normalize_english as normalize
+
+    return normalize(text)
 
 __all__ = [
     "OTHER",
