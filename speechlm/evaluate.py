@@ -48,7 +48,7 @@ def score_systems(systems: dict[str, System], subsets: dict[str, list[Cut]], tas
 
 def evaluate(manifest: list[str] = (), out: str = "runs/eval", checkpoint: str = "", baseline: bool = False, untrained: bool = False,
              task: str = "", num_beams: int = 1, batch_size: int = 8, held_out_instructions: bool = False,
-             device: str = "cpu") -> dict:
+             tasks: str = "", train_manifest: str = "", device: str = "cpu") -> dict:
     """Score a checkpoint (and baselines) on one or more manifests; writes results.jsonl, summary.json, report.md.
 
     manifest: JSONL manifests; each is one subset of the report (named by its file stem).
@@ -60,6 +60,9 @@ def evaluate(manifest: list[str] = (), out: str = "runs/eval", checkpoint: str =
     num_beams: beam size (1: greedy).
     batch_size: clips decoded together.
     held_out_instructions: prompt with the held-out instruction pool (zero-shot instruction following).
+    tasks: per-task report instead: `all` (the tasks the checkpoint trained on) or a comma list; seen vs held-out
+        instructions, constrained vs free decoding, baselines, radar chart and confusion matrices.
+    train_manifest: with --tasks, the training manifest for the majority and linear-probe baselines.
     device: cpu or cuda.
     """
     from speechlm.infer import Transcriber, WhisperBaseline
@@ -67,6 +70,13 @@ def evaluate(manifest: list[str] = (), out: str = "runs/eval", checkpoint: str =
 
     if not manifest:
         raise ValueError("give at least one --manifest")
+    if tasks:
+        if not checkpoint:
+            raise ValueError("--tasks needs --checkpoint")
+        from speechlm.evaluate_tasks import evaluate_tasks
+
+        return evaluate_tasks(checkpoint, list(manifest), out, tasks=tasks, train_manifest=train_manifest,
+                              batch_size=batch_size, device=device)
     systems: dict[str, System] = {}
     task_rec = get_task(task or "asr")
     if checkpoint:

@@ -125,3 +125,24 @@ def test_bad_stage_tables_are_named(tone_manifest, tmp_path, stages, needle):
     with pytest.raises(ValueError, match=needle):
         train(cfg, progress=False)
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_per_task_eval_report_with_baselines(tone_manifest, tmp_path):
+    from speechlm.cli import main
+
+    manifest = _gender_manifest(tone_manifest)
+    run = tmp_path / "run"
+    train(load_recipe("tiny", [f"data.train_manifest={manifest}", f"train.out_dir={run}", "train.max_steps=2",
+                               "data.tasks=asr,sgc"]), progress=False)
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(run), "--manifest", str(manifest), "--out", str(out), "--tasks", "all",
+                 "--train-manifest", str(manifest)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"asr", "sgc"}
+    sgc = summary["sgc"]
+    assert {"seen instructions", "held-out instructions", "constrained", "majority", "linear probe"} <= set(sgc)
+    assert 0.0 <= sgc["constrained"] <= 1.0 and sgc["n"] == 12
+    assert (out / "confusion_sgc.png").stat().st_size > 0
+    assert "held-out instructions" in (out / "report.md").read_text()
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["hyp"] for r in rows if r["task"] == "sgc" and r["system"] == "constrained"} <= {"male", "female"}
