@@ -16,6 +16,10 @@ def test_every_shipped_recipe_parses_and_round_trips(name):
     assert isinstance(cfg, RecipeConfig) and cfg.name == name
     assert cfg.data.task in TASKS
     assert from_dict(to_dict(cfg)) == cfg
+    if cfg.train.stages:  # a shipped stage table adds up and names registered tasks and parts
+        from speechlm.mixture import parse_stages
+
+        assert sum(s.steps for s in parse_stages(cfg.train.stages, cfg.train.max_steps)) == cfg.train.max_steps
 
 
 def test_shipped_recipes_include_tiny_and_demo():
