@@ -67,7 +67,8 @@ def _corpora_docs() -> dict[str, str]:
         from speechlm.corpora import CORPUS_DOCS
     except ImportError:
         CORPUS_DOCS = {}
-    own = {"synthetic": "Debian TTS voices (espeak-ng, flite), labelled gender/rate/pitch", "real": "the shared real-speech folder, split by speaker",
+    own = {"synthetic": "Debian TTS voices (espeak-ng, flite), labelled gender/rate/pitch",
+           "multitask": "TTS corpus for ASR+X: style classes, exact word timestamps, questions, intents, keywords", "real": "the shared real-speech folder, split by speaker",
            "manifest": "an existing JSONL manifest (validated; then --shards / --features)"}
     return {k: {**own, **CORPUS_DOCS}.get(k, "") for k in corpora()}
 

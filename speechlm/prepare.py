@@ -19,6 +19,12 @@ def _synthetic(src: Path | None, out: Path, workers: int = 2, progress: bool = T
     return {"train": build_synthetic_corpus(out, n_utterances=n, seed=seed, workers=workers, progress=progress)}
 
 
+def _multitask(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 400, seed: int = 0) -> dict[str, Path]:
+    from speechlm.data.synth_tasks import build_multitask_corpus
+
+    return {"train": build_multitask_corpus(out, n_utterances=n, seed=seed, workers=workers, progress=progress)}
+
+
 def _real(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 0, seed: int = 0) -> dict[str, Path]:
     from speechlm.data.real import prepare_real_splits
 
@@ -42,7 +48,8 @@ def _manifest(src: Path | None, out: Path, workers: int = 2, progress: bool = Tr
 
 # Synthetic and shared-real corpora need extra arguments (n, seed); the corpus recipes of
 # speechlm.corpora take (src, out, workers, progress).
-GENERATED: dict[str, Callable[..., dict[str, Path]]] = {"synthetic": _synthetic, "real": _real, "manifest": _manifest}
+GENERATED: dict[str, Callable[..., dict[str, Path]]] = {"synthetic": _synthetic, "multitask": _multitask, "real": _real,
+                                                         "manifest": _manifest}
 
 
 def corpora() -> dict[str, Callable[..., dict[str, Path]]]:
@@ -73,7 +80,7 @@ def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", sha
         from speechlm.data.check import run_check
 
         return run_check(check, out=out or corpus, workers=workers)  # `prepare --check M [REPORT_DIR]`
-    if corpus and src and not out and corpus == "synthetic":
+    if corpus and src and not out and corpus in ("synthetic", "multitask"):
         src, out = "", src  # `speechlm prepare synthetic OUT`: synthesis has no source
     if not corpus or not out:
         raise ValueError("usage: speechlm prepare CORPUS SRC OUT  (or: speechlm prepare --check MANIFEST)")
