@@ -146,3 +146,23 @@ def test_per_task_eval_report_with_baselines(tone_manifest, tmp_path):
     assert "held-out instructions" in (out / "report.md").read_text()
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {r["hyp"] for r in rows if r["task"] == "sgc" and r["system"] == "constrained"} <= {"male", "female"}
+
+
+def test_multitask_end_to_end_through_the_cli(tmp_path):
+    """prepare multitask -> train with the tiny-mt stage table -> eval --tasks all."""
+    from speechlm.cli import main
+    from speechlm.data.synth import available_voices
+
+    try:
+        available_voices()
+    except RuntimeError:
+        pytest.skip("espeak-ng/flite not installed")
+    assert main(["prepare", "multitask", str(tmp_path / "mt"), "--n", "8"]) == 0
+    manifest = tmp_path / "mt" / "manifest.jsonl"
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "tiny-mt", "--train-manifest", str(manifest), "--out-dir", str(run)]) == 0
+    assert [r["stage"] for r in _losses(run).values()] == [0, 0, 1, 1, 1, 1]
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(run), "--manifest", str(manifest), "--out", str(out), "--tasks", "all",
+                 "--train-manifest", str(manifest)]) == 0
+    assert set(json.loads((out / "summary.json").read_text())) == {"asr", "sgc"}
