@@ -68,7 +68,8 @@ def _corpora_docs() -> dict[str, str]:
     except ImportError:
         CORPUS_DOCS = {}
     own = {"synthetic": "Debian TTS voices (espeak-ng, flite), labelled gender/rate/pitch",
-           "multitask": "TTS corpus for ASR+X: style classes, exact word timestamps, questions, intents, keywords", "real": "the shared real-speech folder, split by speaker",
+           "multitask": "TTS corpus for ASR+X: style classes, exact word timestamps, questions, intents, keywords",
+           "real-multitask": "the shared real speech with every task label, split by speaker (device, folder or clip where no speaker)", "real": "the shared real-speech folder, split by speaker",
            "manifest": "an existing JSONL manifest (validated; then --shards / --features)"}
     return {k: {**own, **CORPUS_DOCS}.get(k, "") for k in corpora()}
 

@@ -53,6 +53,8 @@ def eligible(cuts: list[Cut], task: Task) -> list[int]:
         value = c.text if task.target == "text" else c.labels.get(task.target)
         if value is None or value == "" or value == []:
             continue
+        if task.asr_prefix and not (c.text or "").strip():
+            continue  # ASR+X needs the transcript too: a label-only line serves the plain X task instead
         try:
             task.target_text(c.text, c.labels)
         except ValueError as e:

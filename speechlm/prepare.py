@@ -34,6 +34,16 @@ def _real(src: Path | None, out: Path, workers: int = 2, progress: bool = True, 
     return prepare_real_splits(root, out, seed=seed, max_train_per_source=n or None)
 
 
+def _real_multitask(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 0, seed: int = 0) -> dict[str, Path]:
+    from speechlm.data.real_tasks import prepare_real_multitask
+
+    root = src or real_data_root()
+    if root is None:
+        raise FileNotFoundError("real data folder not found: pass SRC (the folder with manifest.jsonl) or set SPEECHLM_REAL_DATA")
+    paths = prepare_real_multitask(root, out, seed=seed, max_per_source=n or None)
+    return {"train": paths["train"], "test": paths["test"]}
+
+
 def _manifest(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 0, seed: int = 0) -> dict[str, Path]:
     """An existing manifest: validated and rewritten with absolute paths (then sharded or featurized)."""
     from speechlm.data.manifest import validate, write_manifest
@@ -49,7 +59,7 @@ def _manifest(src: Path | None, out: Path, workers: int = 2, progress: bool = Tr
 # Synthetic and shared-real corpora need extra arguments (n, seed); the corpus recipes of
 # speechlm.corpora take (src, out, workers, progress).
 GENERATED: dict[str, Callable[..., dict[str, Path]]] = {"synthetic": _synthetic, "multitask": _multitask, "real": _real,
-                                                         "manifest": _manifest}
+                                                         "real-multitask": _real_multitask, "manifest": _manifest}
 
 
 def corpora() -> dict[str, Callable[..., dict[str, Path]]]:
@@ -62,7 +72,8 @@ def corpora() -> dict[str, Callable[..., dict[str, Path]]]:
 
 
 def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", shards: int = 0, features: bool = False,
-            encoder: str = "whisper-tiny.en", n: int = 200, seed: int = 0, workers: int = 2) -> int:
+            encoder: str = "whisper-tiny.en", answer_questions: bool = False, llm: str = "smollm2-135m-instruct",
+            n: int = 200, seed: int = 0, workers: int = 2) -> int:
     """Prepare a corpus into JSONL manifests (`speechlm ls corpora`), or check a manifest with --check.
 
     corpus: corpus recipe name (librispeech, commonvoice, vctk, ..., synthetic, real, manifest).
@@ -72,7 +83,9 @@ def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", sha
     shards: also write tar shards of at most this many cuts for streaming (0: no shards).
     features: also cache the frozen encoder's outputs, so training reads them instead of audio.
     encoder: encoder whose features are cached (registry name, folder or hub id).
-    n: synthetic: utterances to synthesize; real: cap on training clips per source (0: no cap).
+    answer_questions: fill `answer` of spoken-question lines with the LLM's own reply to the question as text (the sttc reference).
+    llm: the LLM that answers (registry name, folder or hub id).
+    n: synthetic, multitask: utterances to synthesize; real, real-multitask: cap on training clips per source (0: no cap).
     seed: seed for synthesis plans and speaker splits.
     workers: parallel processes.
     """
@@ -80,8 +93,8 @@ def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", sha
         from speechlm.data.check import run_check
 
         return run_check(check, out=out or corpus, workers=workers)  # `prepare --check M [REPORT_DIR]`
-    if corpus and src and not out and corpus in ("synthetic", "multitask"):
-        src, out = "", src  # `speechlm prepare synthetic OUT`: synthesis has no source
+    if corpus and src and not out and corpus in ("synthetic", "multitask", "real", "real-multitask"):
+        src, out = "", src  # `speechlm prepare synthetic OUT`: no source needed (real: the shared folder by default)
     if not corpus or not out:
         raise ValueError("usage: speechlm prepare CORPUS SRC OUT  (or: speechlm prepare --check MANIFEST)")
     recipes = corpora()
@@ -95,6 +108,10 @@ def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", sha
         if src_path is None or not src_path.exists():
             raise FileNotFoundError(f"{corpus}: source {src or '(none)'} not found: give SRC, the corpus root as downloaded")
         paths = recipes[corpus](src_path, out_dir, workers=workers)
+    if answer_questions:
+        from speechlm.data.chat_targets import answer_questions as answer
+
+        paths = {split: answer(path, path, llm=llm) for split, path in paths.items()}
     for split, path in paths.items():
         print(f"{split}\t{path}", flush=True)
     if shards:

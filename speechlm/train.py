@@ -215,7 +215,12 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
                  for k, t in enumerate(rows)]
         stage_data = [(ex_cuts, ex_tasks) for ex_cuts, ex_tasks, _ in built]
         data_report["tasks"] = [report for _, _, report in built] if stages else built[0][2]
-    val_cuts = load_cuts(cfg.data.val_manifest, required, cfg.model.max_audio_seconds, cfg.data.skip_bad)[0] if cfg.data.val_manifest else []
+    val_required = () if cfg.data.tasks or stages else required  # validation loss is on the main task only
+    val_cuts = load_cuts(cfg.data.val_manifest, val_required, cfg.model.max_audio_seconds, cfg.data.skip_bad)[0] if cfg.data.val_manifest else []
+    if val_required == () and val_cuts:
+        from speechlm.mixture import eligible
+
+        val_cuts = [val_cuts[i] for i in eligible(val_cuts, task)]
 
     model = build_speechlm(cfg.model, seed=cfg.train.seed).to(device)
     model.train()
