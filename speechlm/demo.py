@@ -33,10 +33,17 @@ def demo(out: str = "runs/demo", minutes: float = 14.0, steps: int = 340, synthe
     synthetic: synthetic utterances to synthesize for training.
     real_per_source: cap on training clips per real source (fsdd, ravdess).
     eval_per_subset: held-out clips scored per subset (0: all).
-    recipe: training recipe (`speechlm ls recipes`).
+    recipe: training recipe (`speechlm ls recipes`); a multi-task recipe (osum-tiny) runs the ASR+X demo and per-task report.
     seed: seed for data, splits and training.
     """
     from speechlm.config import load_recipe
+
+    recipe_cfg = load_recipe(recipe)
+    if recipe_cfg.train.stages or recipe_cfg.data.tasks:  # a multi-task recipe: ASR+X data, curriculum, per-task report
+        from speechlm.demo_tasks import demo_tasks
+
+        return demo_tasks(recipe, out if out != "runs/demo" else f"runs/{recipe}", minutes, synthetic, real_per_source,
+                          eval_per_subset, seed)
     from speechlm.data.manifest import read_manifest, write_manifest
     from speechlm.data.real import prepare_real_splits
     from speechlm.data.synth import build_synthetic_corpus

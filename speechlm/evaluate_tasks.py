@@ -60,7 +60,7 @@ def _relabel(cuts: list[Cut], task: Task) -> list[Cut]:
 
 
 def evaluate_tasks(checkpoint: str, manifests: list[str], out: str | Path, tasks: str = "all", train_manifest: str = "",
-                   batch_size: int = 8, device: str = "cpu", probe: bool = True) -> dict:
+                   batch_size: int = 8, device: str = "cpu", probe: bool = True, max_per_task: int = 0, seed: int = 0) -> dict:
     """Score ``checkpoint`` task by task on ``manifests``; see the module docstring for what is written."""
     from speechlm.probe import linear_probe, majority_baseline
     from speechlm.train import load_checkpoint
@@ -78,6 +78,9 @@ def evaluate_tasks(checkpoint: str, manifests: list[str], out: str | Path, tasks
     for name in names:
         task = get_task(name)
         cuts = [test[i] for i in eligible(test, task)]
+        if max_per_task and len(cuts) > max_per_task:  # a fixed random subset: CPU-sized evaluation
+            rng = np.random.default_rng(seed)
+            cuts = [cuts[i] for i in sorted(rng.choice(len(cuts), max_per_task, replace=False))]
         if not cuts:
             summary[name] = {"skipped": f"no test line carries field {task.target!r}"}
             print(f"[speechlm] {name}: skipped, no test line carries field {task.target!r}", flush=True)

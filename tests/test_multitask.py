@@ -166,3 +166,20 @@ def test_multitask_end_to_end_through_the_cli(tmp_path):
     assert main(["eval", "--checkpoint", str(run), "--manifest", str(manifest), "--out", str(out), "--tasks", "all",
                  "--train-manifest", str(manifest)]) == 0
     assert set(json.loads((out / "summary.json").read_text())) == {"asr", "sgc"}
+
+
+def test_multitask_demo_path_at_tiny_size(tmp_path):
+    """`speechlm demo --recipe tiny-mt`: the osum-tiny code path with random tiny models, in seconds."""
+    from speechlm.cli import main
+    from speechlm.data.synth import available_voices
+
+    try:
+        available_voices()
+    except RuntimeError:
+        pytest.skip("espeak-ng/flite not installed")
+    out = tmp_path / "demo"
+    assert main(["demo", "--recipe", "tiny-mt", "--out", str(out), "--synthetic", "10", "--real-per-source", "3",
+                 "--eval-per-subset", "4"]) == 0
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert "asr" in summary and "sgc" in summary
+    assert (out / "eval" / "report.md").exists() and (out / "checkpoints" / "latest").exists()
