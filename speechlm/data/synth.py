@@ -449,6 +449,18 @@ def _template_sentence(rng: np.random.Generator) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def _pick_voice(rng: np.random.Generator, genders: list, by_gender_engine: dict) -> Voice:
+    """Gender first, so a corpus is balanced whatever the engines' voice counts are; then the engine
+    (flite with probability _P_FLITE where both have that gender), then a voice. Shared with synth_tasks."""
+    gender = genders[rng.integers(len(genders))]
+    engines = [e for e in ("espeak-ng", "flite") if (gender, e) in by_gender_engine]
+    engine = engines[0]
+    if len(engines) == 2:
+        engine = "flite" if rng.random() < _P_FLITE else "espeak-ng"
+    pool = by_gender_engine[(gender, engine)]
+    return pool[rng.integers(len(pool))]
+
+
 def _plan(n: int, seed: int, voices: list[Voice]) -> list[dict[str, Any]]:
     """Deterministic plan: utterance i depends on (seed, i) and on how many fixed sentences came before."""
     by_gender_engine: dict[tuple[str, str], list[Voice]] = {}
@@ -468,14 +480,7 @@ def _plan(n: int, seed: int, voices: list[Voice]) -> list[dict[str, Any]]:
                     len(SENTENCES)).tolist()
             text = SENTENCES[sentence_order[used]]
             used += 1
-        # Gender first, so the corpus is balanced whatever the engines' voice counts are.
-        gender = genders[rng.integers(len(genders))]
-        engines = [e for e in ("espeak-ng", "flite") if (gender, e) in by_gender_engine]
-        engine = engines[0]
-        if len(engines) == 2:
-            engine = "flite" if rng.random() < _P_FLITE else "espeak-ng"
-        pool = by_gender_engine[(gender, engine)]
-        voice = pool[rng.integers(len(pool))]
+        voice = _pick_voice(rng, genders, by_gender_engine)
         # Keep long sentences from going past _MAX_SECONDS at slow rates: raise the floor of the rate.
         words = len(text.split())
         lo = max(_RATE_RANGE[0], min(_RATE_RANGE[1], words / (_WORDS_PER_SEC * (_MAX_SECONDS - 1.0))))

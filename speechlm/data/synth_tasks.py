@@ -62,9 +62,9 @@ import soxr
 from speechlm.data.audio import write_audio
 from speechlm.data.manifest import write_manifest
 from speechlm.data.synth import (  # private helpers reused on purpose (see the module docstring of synth)
+    _pick_voice,
     _ESPEAK_DEFAULT_WPM,
     _NAMES,
-    _P_FLITE,
     _PLACES,
     SAMPLE_RATE,
     SENTENCES,
@@ -452,14 +452,7 @@ def _plan(n: int, seed: int, voices: list[Voice], mix: Mapping[str, float] | Non
             else:
                 text, answer = QUESTIONS[j]
                 labels = {"answer": answer}
-        # Voice: gender first so the corpus is balanced whatever the engines' voice counts are.
-        gender = genders[rng.integers(len(genders))]
-        engines = [e for e in ("espeak-ng", "flite") if (gender, e) in by_gender_engine]
-        engine = engines[0]
-        if len(engines) == 2:
-            engine = "flite" if rng.random() < _P_FLITE else "espeak-ng"
-        pool = by_gender_engine[(gender, engine)]
-        voice = pool[rng.integers(len(pool))]
+        voice = _pick_voice(rng, genders, by_gender_engine)
         rate_class = RATE_CLASSES[_balanced(seed, _TAG_RATE, i, thirds, 3)]
         pitch_class = PITCH_CLASSES[_balanced(seed, _TAG_PITCH, i, thirds, 3)]
         loud_class = LOUDNESS_CLASSES[_balanced(seed, _TAG_LOUD, i, thirds, 3)]
