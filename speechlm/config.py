@@ -101,6 +101,9 @@ class TrainConfig:
     """Optimizer steps in total (the cosine schedule ends here)."""
     max_minutes: float = 0.0
     """Stop (and save) after this many minutes of training; 0 means no time limit."""
+    stop_at_step: int = 0
+    """Stop (and save) once this step is done, with the schedule and stage table still planned for max_steps
+    (0: run to max_steps). Lets a control run train exactly as long as a run that hit its time limit."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step."""
     clip_grad: float = 1.0
@@ -125,6 +128,21 @@ class TrainConfig:
 
 
 @dataclass
+class DemoConfig:
+    """What `speechlm demo --recipe NAME` builds around the recipe (the CLI flags override these)."""
+
+    synthetic: int = 1200
+    """Synthetic utterances to synthesize for training (a fifth as many, separately seeded, are held out)."""
+    real_per_source: int = 500
+    """Cap on training clips per real source in ../shared/data/real (0: no cap)."""
+    eval_per_subset: int = 60
+    """Held-out clips scored per subset (ASR demo) or per task (multi-task demo); 0: all."""
+    asr_control: bool = True
+    """Multi-task recipes: also train the same recipe on ASR alone for the same steps (forked where the stage
+    table stops being ASR-only) and report its WER beside the multi-task model's (OSUM / SpeechVerse check)."""
+
+
+@dataclass
 class RecipeConfig:
     name: str = "custom"
     """Recipe name, for logs and reports."""
@@ -134,6 +152,8 @@ class RecipeConfig:
     """Training data."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation and run folder."""
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    """Data sizes of `speechlm demo` with this recipe (ignored by `speechlm train`)."""
 
 
 class ConfigError(ValueError):
@@ -147,7 +167,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
         f = known[key]
-        sub = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}.get(key) if cls is RecipeConfig else None
+        sub = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "demo": DemoConfig}.get(key) if cls is RecipeConfig else None
         kwargs[key] = _build(sub, value, f"{where}.{key}") if sub else _coerce(value, f, where)
     return cls(**kwargs)
 

@@ -23,27 +23,33 @@ def _sample(cuts: list, k: int, seed: int) -> list:
     return sorted(random.Random(seed).sample(cuts, k), key=lambda c: c.id)
 
 
-def demo(out: str = "runs/demo", minutes: float = 14.0, steps: int = 340, synthetic: int = 1200,
-         real_per_source: int = 500, eval_per_subset: int = 60, recipe: str = "demo", seed: int = 0) -> dict:
+def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -1, real_per_source: int = -1,
+         eval_per_subset: int = -1, recipe: str = "demo", seed: int = 0) -> dict:
     """Build a corpus, train the continuous speech LM on real backbones, and compare it with baselines.
 
-    out: run folder (data, checkpoints, logs, loss.png, report.md, summary.json).
-    minutes: training time limit (the loop stops and saves when it is reached).
-    steps: optimizer steps planned for the learning-rate schedule (training stops at whichever comes first).
-    synthetic: synthetic utterances to synthesize for training.
-    real_per_source: cap on training clips per real source (fsdd, ravdess).
-    eval_per_subset: held-out clips scored per subset (0: all).
+    out: run folder (data, checkpoints, logs, loss.png, report.md, summary.json); default runs/RECIPE.
+    minutes: training time limit (the loop stops and saves when it is reached); -1: the recipe's train.max_minutes.
+    steps: optimizer steps planned for the learning-rate schedule; -1: the recipe's train.max_steps (a recipe with a stage table keeps its own).
+    synthetic: synthetic utterances to synthesize for training; -1: the recipe's demo.synthetic.
+    real_per_source: cap on training clips per real source (0: no cap); -1: the recipe's demo.real_per_source.
+    eval_per_subset: held-out clips scored per subset or task (0: all); -1: the recipe's demo.eval_per_subset.
     recipe: training recipe (`speechlm ls recipes`); a multi-task recipe (osum-tiny) runs the ASR+X demo and per-task report.
     seed: seed for data, splits and training.
     """
     from speechlm.config import load_recipe
 
     recipe_cfg = load_recipe(recipe)
+    d = recipe_cfg.demo
+    out = out or f"runs/{recipe_cfg.name}"
+    minutes = recipe_cfg.train.max_minutes if minutes < 0 else minutes
+    steps = recipe_cfg.train.max_steps if steps < 0 else steps
+    synthetic = d.synthetic if synthetic < 0 else synthetic
+    real_per_source = d.real_per_source if real_per_source < 0 else real_per_source
+    eval_per_subset = d.eval_per_subset if eval_per_subset < 0 else eval_per_subset
     if recipe_cfg.train.stages or recipe_cfg.data.tasks:  # a multi-task recipe: ASR+X data, curriculum, per-task report
         from speechlm.demo_tasks import demo_tasks
 
-        return demo_tasks(recipe, out if out != "runs/demo" else f"runs/{recipe}", minutes, synthetic, real_per_source,
-                          eval_per_subset, seed)
+        return demo_tasks(recipe, out, minutes, synthetic, real_per_source, eval_per_subset, seed)
     from speechlm.data.manifest import read_manifest, write_manifest
     from speechlm.data.real import prepare_real_splits
     from speechlm.data.synth import build_synthetic_corpus

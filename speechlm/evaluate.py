@@ -48,7 +48,8 @@ def score_systems(systems: dict[str, System], subsets: dict[str, list[Cut]], tas
 
 def evaluate(manifest: list[str] = (), out: str = "runs/eval", checkpoint: str = "", baseline: bool = False, untrained: bool = False,
              task: str = "", num_beams: int = 1, batch_size: int = 8, held_out_instructions: bool = False,
-             tasks: str = "", train_manifest: str = "", device: str = "cpu") -> dict:
+             tasks: str = "", train_manifest: str = "", single_task: str = "", max_per_task: int = 0,
+             device: str = "cpu") -> dict:
     """Score a checkpoint (and baselines) on one or more manifests; writes results.jsonl, summary.json, report.md.
 
     manifest: JSONL manifests; each is one subset of the report (named by its file stem).
@@ -63,6 +64,8 @@ def evaluate(manifest: list[str] = (), out: str = "runs/eval", checkpoint: str =
     tasks: per-task report instead: `all` (the tasks the checkpoint trained on) or a comma list; seen vs held-out
         instructions, constrained vs free decoding, baselines, radar chart and confusion matrices.
     train_manifest: with --tasks, the training manifest for the majority and linear-probe baselines.
+    single_task: with --tasks, a checkpoint trained on ASR alone; its WER goes beside the multi-task model's.
+    max_per_task: with --tasks, score a fixed random subset of at most this many clips per task (0: all).
     device: cpu or cuda.
     """
     from speechlm.infer import Transcriber, WhisperBaseline
@@ -76,7 +79,7 @@ def evaluate(manifest: list[str] = (), out: str = "runs/eval", checkpoint: str =
         from speechlm.evaluate_tasks import evaluate_tasks
 
         return evaluate_tasks(checkpoint, list(manifest), out, tasks=tasks, train_manifest=train_manifest,
-                              batch_size=batch_size, device=device)
+                              batch_size=batch_size, device=device, single_task=single_task, max_per_task=max_per_task)
     systems: dict[str, System] = {}
     task_rec = get_task(task or "asr")
     if checkpoint:

@@ -22,13 +22,13 @@ from speechlm.tasks import Task, get_task
 class Transcriber:
     """Answer a task's instruction about each clip with a SpeechLM."""
 
-    def __init__(self, model: SpeechLM, task: Task, num_beams: int = 1, max_new_tokens: int = 96,
+    def __init__(self, model: SpeechLM, task: Task, num_beams: int = 1, max_new_tokens: int = 0,
                  batch_size: int = 8, instruction: str | None = None, held_out_instructions: bool = False,
                  constrained: bool = False):
         self.model = model.eval()
         self.task = task
         self.num_beams = num_beams
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens = max_new_tokens or task.max_answer_tokens  # 0: the task record's cap
         self.batch_size = batch_size
         # closed-set tasks can be decoded by scoring each allowed label instead of free generation
         self.constrained = constrained and task.labels is not None and not task.asr_prefix
@@ -82,14 +82,14 @@ class WhisperBaseline:
         return whisper_transcribe(self.bundle, list(waves), batch_size=self.batch_size, num_beams=self.num_beams)
 
 
-def transcribe(audio: list[str], checkpoint: str = "", num_beams: int = 1, max_new_tokens: int = 96,
+def transcribe(audio: list[str], checkpoint: str = "", num_beams: int = 1, max_new_tokens: int = 0,
                batch_size: int = 8, task: str = "", instruction: str = "", device: str = "cpu") -> list[dict]:
     """Transcribe audio files with a trained checkpoint; prints one line per file.
 
     checkpoint: checkpoint folder, or run folder (its latest checkpoint).
     audio: audio files (any format soundfile reads; resampled to 16 kHz mono).
     num_beams: 1 for greedy decoding, more for beam search.
-    max_new_tokens: cap on generated tokens per clip.
+    max_new_tokens: cap on generated tokens per clip (0: the task's max_answer_tokens).
     batch_size: clips decoded together.
     task: task record to run (default: the one the checkpoint was trained on).
     instruction: instruction text to use instead of the task's first paraphrase.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -127,7 +128,8 @@ def _new_figure(figsize: tuple[float, float], dpi: int = 100):
 def _save(fig: Any, png: str | os.PathLike) -> Path:
     png = Path(png)
     with atomic_open(png, "wb") as f:
-        fig.savefig(f, format="png")
+        # tight: a legend placed outside the axes (the radar's) is kept in the picture, not cut off
+        fig.savefig(f, format="png", bbox_inches="tight", pad_inches=0.2)
     return png
 
 
@@ -165,7 +167,9 @@ def radar_chart(
     for (system, vals), colour in zip(scaled.items(), colours):
         missing = [t for t, v in zip(tasks, vals) if v is None]
         ys = [0.0 if v is None else v for v in vals]
-        label = str(system) + (f" (missing: {', '.join(missing)})" if missing else "")
+        # the task part of "task/metric" is enough to say which axes have no score; wrapped to the legend's width
+        label = str(system) + (f" (no score: {', '.join(dict.fromkeys(str(t).split('/')[0] for t in missing))})" if missing else "")
+        label = "\n".join(textwrap.wrap(label, 90, subsequent_indent="  "))
         ax.plot(loop, ys + ys[:1], color=colour, linewidth=1.8, marker="o", markersize=4, label=label)
         ax.fill(loop, ys + ys[:1], color=colour, alpha=0.12)
     ax.set_xticks(angles)
@@ -175,7 +179,7 @@ def radar_chart(
     ax.set_yticklabels(["0.25", "0.5", "0.75", "1"], fontsize=7, color="grey")
     ax.tick_params(axis="x", pad=14)
     ax.grid(True, alpha=0.4)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(3, len(scaled)), fontsize=8, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1, fontsize=8, frameon=False)
     fig.tight_layout()
     return _save(fig, png)
 

@@ -85,21 +85,34 @@ def _load_wave(item: Any) -> np.ndarray:
     return x
 
 
-def pooled_features(encoder: nn.Module, cuts: Sequence[Any], batch_size: int = 16) -> np.ndarray:
+def _cache_key(item: Any) -> tuple | None:
+    if isinstance(item, (np.ndarray, torch.Tensor)):
+        return None
+    return (str(item.audio), float(getattr(item, "start", 0.0) or 0.0), getattr(item, "duration", None))
+
+
+def pooled_features(encoder: nn.Module, cuts: Sequence[Any], batch_size: int = 16, cache: dict | None = None) -> np.ndarray:
     """Mean of each clip's real-length encoder frames: ``[len(cuts), D]`` float32, in input order.
 
     ``encoder``: a :class:`~speechlm.model.encoder.SpeechEncoder` (``pad_to_30s=False`` is the intended
     setup; with ``True`` frames past the clip are still excluded) or a bare ``WhisperEncoder``. ``cuts``:
     :class:`~speechlm.data.manifest.Cut` objects, or 16-kHz waveforms as 1-D arrays. Clips are batched by
     similar length (less padding), run under ``torch.inference_mode`` with the encoder in eval mode (its
-    previous train/eval mode is restored), on the encoder's device.
+    previous train/eval mode is restored), on the encoder's device. ``cache``: a dict kept by the caller and
+    shared across calls with the same encoder; a clip (audio, start, duration) already in it is not encoded
+    again (a per-task evaluation meets the same clip in several tasks).
     """
     enc = _as_speech_encoder(encoder)
     params = list(enc.parameters())
     device = params[0].device if params else torch.device("cpu")
-    waves = [_load_wave(c) for c in cuts]
-    out = np.zeros((len(waves), enc.dim), dtype=np.float32)
-    order = sorted(range(len(waves)), key=lambda i: waves[i].size)
+    out = np.zeros((len(cuts), enc.dim), dtype=np.float32)
+    keys = [_cache_key(c) if cache is not None else None for c in cuts]
+    todo = [i for i, k in enumerate(keys) if k is None or k not in cache]
+    for i, k in enumerate(keys):
+        if k is not None and k in cache:
+            out[i] = cache[k]
+    waves = {i: _load_wave(cuts[i]) for i in todo}
+    order = sorted(todo, key=lambda i: waves[i].size)
     was_training = enc.training
     enc.eval()
     try:
@@ -114,6 +127,9 @@ def pooled_features(encoder: nn.Module, cuts: Sequence[Any], batch_size: int = 1
                 out[idx] = pooled.cpu().numpy()
     finally:
         enc.train(was_training)
+    for i in todo:
+        if keys[i] is not None:
+            cache[keys[i]] = out[i].copy()
     return out
 
 
@@ -159,6 +175,7 @@ def linear_probe(
     seed: int = 0,
     weight_decay: float = 1e-2,
     batch_size: int = 16,
+    feature_cache: dict | None = None,
 ) -> dict[str, Any]:
     """Train a linear classifier on frozen, mean-pooled encoder features and score it on ``test_cuts``.
 
@@ -169,6 +186,7 @@ def linear_probe(
         epochs: L-BFGS iterations over the full training set.
         seed: seeds torch for the fit (the fit starts from zero weights, so it is deterministic anyway).
         weight_decay: L2 strength on the weights (added to the *mean* cross-entropy) on standardized features.
+        feature_cache: pooled features by clip, shared across probes with the same encoder (see pooled_features).
 
     Labels are compared case-insensitively. A test label never seen in training cannot be predicted: it is
     counted as wrong and listed in ``unseen_test_labels`` (with a warning), not raised.
@@ -191,8 +209,8 @@ def linear_probe(
     if unseen:
         log.warning("linear_probe: test label(s) absent from training, counted as wrong: %s", dict(unseen))
 
-    x_train = pooled_features(encoder, train_keep, batch_size=batch_size).astype(np.float64)
-    x_test = pooled_features(encoder, test_keep, batch_size=batch_size).astype(np.float64) if test_keep else \
+    x_train = pooled_features(encoder, train_keep, batch_size=batch_size, cache=feature_cache).astype(np.float64)
+    x_test = pooled_features(encoder, test_keep, batch_size=batch_size, cache=feature_cache).astype(np.float64) if test_keep else \
         np.zeros((0, x_train.shape[1]))
     mean = x_train.mean(axis=0)
     std = x_train.std(axis=0)

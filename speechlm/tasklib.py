@@ -26,6 +26,7 @@ register(Task(
     ),
     eval_instructions=("Produce word timings along with the transcription.", "When is each word said? Transcribe with times."),
     target="words", answer_format="timestamps", metric="timestamps",
+    max_answer_tokens=256,  # `word<0.25,0.76>` is about 13 tokens: room for a 19-word sentence
 ))
 
 register(Task(
@@ -40,6 +41,7 @@ register(Task(
     ),
     eval_instructions=("Which feeling comes through in the voice?", "Tell me the mood of the person speaking."),
     target="emotion", labels=EMOTIONS, label_aliases=EMOTION_ALIASES, metric="accuracy_f1",
+    max_answer_tokens=16,  # a label and end-of-turn; a rambling answer is wrong anyway
 ))
 
 register(Task(
@@ -95,7 +97,7 @@ for _name, _field, _labels, _what in (
         instructions=(f"What is the {_what} of this speech?", f"Classify the {_what}.", f"Rate the speaker's {_what}.",
                       f"Is the {_what} {' or '.join(_labels)}?", f"Describe the {_what} in one word."),
         eval_instructions=(f"Judge the {_what} you hear.", f"One word for the {_what}, please."),
-        target=_field, labels=_labels, metric="accuracy_f1",
+        target=_field, labels=_labels, metric="accuracy_f1", max_answer_tokens=16,
     ))
 
 register(Task(
@@ -173,4 +175,4 @@ register(Task(
 # ASR+X (OSUM): the same closed-set tasks, but the answer starts with the transcript.
 for _x in ("ser", "sgc", "ssr-rate", "ssr-pitch", "ssr-loudness"):
     register(Task(name=f"asr+{_x}", base=_x, description=f"ASR+X: transcript, then the {_x} label.", asr_prefix=True,
-                  metric="accuracy_f1"))
+                  metric="accuracy_f1", max_answer_tokens=128))

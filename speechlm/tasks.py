@@ -52,6 +52,8 @@ class Task:
     (word dicts -> `word<start,end>` ...)."""
     asr_prefix: bool = _UNSET
     """ASR+X (OSUM, Geng et al. 2025): the answer starts with the transcript, then `label_name: value`."""
+    max_answer_tokens: int = _UNSET
+    """Cap on generated answer tokens at inference: a label needs a few, word timestamps about 13 per word."""
     weight: float = _UNSET
     """Sampling weight in multi-task training."""
     stage: int = _UNSET
@@ -163,6 +165,7 @@ register(Task(
     label_aliases=(),
     answer_format="plain",
     asr_prefix=False,
+    max_answer_tokens=96,
     weight=1.0,
     stage=0,
 ))

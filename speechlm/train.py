@@ -398,14 +398,16 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
                 bar.update(1)
             if val_cuts and cfg.train.eval_every and step % cfg.train.eval_every == 0 and rank == 0:
                 _log_val(model, val_cuts, cfg, device, step, log_path, writer)
-            if step % cfg.train.save_every == 0 and step < cfg.train.max_steps:
-                checkpoint()
+            stage_end = bool(stages) and stage_at(stages, step) != stage_idx
+            last = step >= cfg.train.max_steps or step == cfg.train.stop_at_step
+            if (step % cfg.train.save_every == 0 or stage_end) and not last:
+                checkpoint()  # also at every stage boundary: a control run can fork there (speechlm.demo_tasks)
             timed_out = bool(cfg.train.max_minutes) and (time.time() - t_start) / 60 >= cfg.train.max_minutes
             if world > 1:  # every rank must stop at the same step, or one would wait in a collective forever
                 flag = torch.tensor([float(timed_out)], device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 timed_out = bool(flag.item())
-            if step >= cfg.train.max_steps or timed_out:
+            if last or timed_out:
                 stop = True
                 if timed_out and rank == 0:
                     print(f"\n[speechlm] time limit of {cfg.train.max_minutes} min reached at step {step}", flush=True)

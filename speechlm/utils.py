@@ -43,6 +43,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         f.write("\n")
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (a report is never left half-written)."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
     """Atomically write one JSON object per line; returns the number of lines."""
     n = 0
