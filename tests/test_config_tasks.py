@@ -111,6 +111,8 @@ def test_every_task_record_is_complete_and_formats_a_target(name):
         assert task.parse_answer(answer) in task.labels
     if task.asr_prefix:
         assert answer.startswith(SAMPLE_LINE["text"])
+    # the inference cap leaves room for the answer: at worst one token per character
+    assert task.max_answer_tokens >= min(len(answer) + 1, 96)
 
 
 def test_label_aliases_and_label_errors_name_the_field():

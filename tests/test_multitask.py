@@ -110,6 +110,14 @@ def test_curriculum_stages_switch_tasks_and_trainable_parts_and_resume_exactly(t
         train(load_recipe("tiny", common + [f"train.out_dir={run}"]), resume=str(full / "checkpoints" / ckpt), progress=False)
         for step, rec in _losses(run).items():
             assert abs(rec["loss"] - log[step]["loss"]) < 1e-5, (ckpt, step)
+    # a checkpoint at the stage boundary (step 3, off the save_every grid), and stop_at_step: the same
+    # schedule cut short, as the single-task ASR control uses it
+    assert (full / "checkpoints" / "step-000003").exists()
+    cut = tmp_path / "cut"
+    train(load_recipe("tiny", common + [f"train.out_dir={cut}", "train.stop_at_step=5"]), progress=False)
+    assert (cut / "checkpoints" / "latest").read_text().strip() == "step-000005"
+    got = _losses(cut)
+    assert sorted(got) == [1, 2, 3, 4, 5] and all(abs(got[s]["loss"] - log[s]["loss"]) < 1e-5 for s in got)
 
 
 @pytest.mark.parametrize("stages,needle", [
@@ -183,3 +191,18 @@ def test_multitask_demo_path_at_tiny_size(tmp_path):
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert "asr" in summary and "sgc" in summary
     assert (out / "eval" / "report.md").exists() and (out / "checkpoints" / "latest").exists()
+    # the single-task ASR control: forked after the ASR-only stage (2 steps), trained on asr alone to the same step
+    control = out / "asr-control"
+    assert (out / "checkpoints" / "step-000002").exists()  # train() saves at every stage boundary
+    assert (control / "checkpoints" / "latest").read_text().strip() == "step-000006"
+    log = [json.loads(x) for x in (control / "train_log.jsonl").read_text().splitlines()]
+    assert min(r["step"] for r in log if r["split"] == "train") == 3  # steps 1-2 were not trained again
+    cfg = json.loads((control / "checkpoints" / "step-000006" / "config.json").read_text())
+    assert [s["tasks"] for s in cfg["train"]["stages"]] == [["asr"], ["asr"]]
+    report = json.loads((control / "data_report.json").read_text())
+    assert all(set(stage["examples"]) == {"asr"} for stage in report["tasks"])
+    assert isinstance(summary["asr"]["single-task ASR"], float) and "relative change" in summary["asr"]
+    assert "by source" in summary["sgc"]
+    targets = json.loads((out / "eval" / "targets.json").read_text())
+    assert any(t["target"].startswith("ASR cost") and t["value"] is not None for t in targets)
+    assert "single-task ASR" in (out / "eval" / "report.md").read_text()

@@ -301,3 +301,36 @@ def test_radar_and_confusion_pngs(tmp_path):
         confusion_matrix_png([[1, 0]], ["a", "b"], tmp_path / "bad.png")
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
     assert math.isfinite(float(np.asarray(res["confusion"]).sum()))
+
+
+def test_pooled_features_cache_skips_clips_already_encoded(tmp_path):
+    from speechlm.model.builders import build_tiny_whisper_encoder
+    from speechlm.model.encoder import SpeechEncoder
+    from speechlm.probe import pooled_features
+
+    encoder = SpeechEncoder(build_tiny_whisper_encoder(), pad_to_30s=False)
+    cuts = _tone_cuts(tmp_path, 3, seed=3)
+    seen = []
+    hook = encoder.register_forward_hook(lambda m, args, out: seen.append(len(args[0])))
+    cache: dict = {}
+    first = pooled_features(encoder, cuts[:4], batch_size=8, cache=cache)
+    assert sum(seen) == 4 and len(cache) == 4
+    again = pooled_features(encoder, cuts, batch_size=8, cache=cache)  # 4 cached, 2 new
+    hook.remove()
+    assert sum(seen) == 6 and len(cache) == 6
+    assert np.array_equal(again[:4], first)
+    assert np.allclose(again, pooled_features(encoder, cuts, batch_size=8), atol=1e-6)
+
+
+def test_radar_legend_stays_inside_the_png(tmp_path):
+    """Long legends (systems with many unscored axes) are kept in the picture, not cut at its edge."""
+    from speechlm.plots import radar_chart
+
+    axes = [f"task-number-{i}/accuracy_f1" for i in range(12)]
+    scores = {"seen instructions": {a: 0.5 for a in axes}, "linear probe": {a: 0.7 for a in axes[:2]}}
+    png = radar_chart(scores, tmp_path / "radar.png")
+    img = _png_shape(png)
+    short = radar_chart({"seen instructions": {a: 0.5 for a in axes}, "linear probe": {a: 0.7 for a in axes}},
+                        tmp_path / "short.png")
+    # a fixed-size figure would cut the longer legend off; here the picture grows to hold it
+    assert img[0] > _png_shape(short)[0]
