@@ -106,6 +106,9 @@ class TrainConfig:
     (0: run to max_steps). Lets a control run train exactly as long as a run that hit its time limit."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step."""
+    loss_norm: str = "token"
+    """`token`: average the loss over every answer token of the global batch (one long answer outweighs many
+    labels); `example`: average each example's tokens first, then over examples (every task's examples count alike)."""
     clip_grad: float = 1.0
     """Gradient-norm clipping threshold (0 disables)."""
     bf16: bool = False

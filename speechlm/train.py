@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from speechlm.config import RecipeConfig, from_dict, to_dict
-from speechlm.data.manifest import Cut, ManifestError, read_manifest, validate
+from speechlm.data.manifest import Cut, ManifestError, validate
 from speechlm.data.sampler import DurationBatchSampler
 from speechlm.dataset import SpeechDataset, collate
 from speechlm.model.builders import build_speechlm
@@ -177,6 +177,8 @@ def validation_loss(model: SpeechLM, cuts: list[Cut], cfg: RecipeConfig, device:
 def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -> Path:
     """Train ``cfg``; returns the final checkpoint folder. ``resume``: a checkpoint or run folder, or ``auto``."""
     # ---- setup ------------------------------------------------------------------------------------
+    if cfg.train.loss_norm not in ("token", "example"):
+        raise ValueError(f"train.loss_norm: expected token or example, got {cfg.train.loss_norm!r}")
     rank, world, device = setup_distributed(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -354,7 +356,7 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             batch = move(batch, device)
             ctx = dtype_ctx() if dtype_ctx else torch.autocast(device.type, enabled=False)
             with ctx:
-                loss_sum, n_tok = net(batch)
+                loss_sum, n_tok = net(batch, per_example=cfg.train.loss_norm == "example")
             loss_sum, n_tok = loss_sum * weight, n_tok * int(weight)
             n_global = n_tok.detach().clone().float()
             if world > 1:

@@ -194,3 +194,19 @@ def test_constrained_decoding_picks_the_most_likely_label():
             loss, _ = m(Batch(ids=["x"], waves=[w], prompts=[p], targets=[m.target_ids(lab)]))
             scores.append(-float(loss))
         assert picked[i] == labels[int(np.argmax(scores))]
+
+
+def test_per_example_loss_is_the_mean_of_each_examples_token_mean():
+    """train.loss_norm=example: each example's answer tokens are averaged first, so short labels count fully."""
+    torch.manual_seed(0)
+    m = speechlm_tiny().eval()
+    p = m.prompt_ids(f"{m.audio_token}\nq")
+    waves = [_wave(0.5), _wave(1.2)]
+    targets = [m.target_ids("yes"), m.target_ids("a much longer answer with many more tokens in it")]
+    with torch.no_grad():
+        tok_sum, n_tok = m(Batch(ids=["a", "b"], waves=waves, prompts=[p, p], targets=targets))
+        ex_sum, n_ex = m(Batch(ids=["a", "b"], waves=waves, prompts=[p, p], targets=targets), per_example=True)
+        singles = [m(Batch(ids=["x"], waves=[w], prompts=[p], targets=[t])) for w, t in zip(waves, targets)]
+    assert int(n_ex) == 2 and int(n_tok) == sum(int(n) for _, n in singles) > 2
+    assert float(tok_sum) == pytest.approx(sum(float(s) for s, _ in singles), rel=1e-4)
+    assert float(ex_sum) == pytest.approx(sum(float(s) / int(n) for s, n in singles), rel=1e-4)

@@ -206,3 +206,13 @@ def test_multitask_demo_path_at_tiny_size(tmp_path):
     targets = json.loads((out / "eval" / "targets.json").read_text())
     assert any(t["target"].startswith("ASR cost") and t["value"] is not None for t in targets)
     assert "single-task ASR" in (out / "eval" / "report.md").read_text()
+
+
+def test_loss_norm_example_trains_and_bad_values_are_named(tone_manifest, tmp_path):
+    manifest = _gender_manifest(tone_manifest)
+    common = [f"data.train_manifest={manifest}", "train.max_steps=2", "data.tasks=asr,sgc", "train.log_every=1"]
+    run = tmp_path / "ex"
+    train(load_recipe("tiny", common + [f"train.out_dir={run}", "train.loss_norm=example"]), progress=False)
+    assert all(r["loss"] > 0 for r in _losses(run).values())
+    with pytest.raises(ValueError, match="train.loss_norm"):
+        train(load_recipe("tiny", common + [f"train.out_dir={tmp_path / 'bad'}", "train.loss_norm=median"]), progress=False)

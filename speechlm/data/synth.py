@@ -506,6 +506,25 @@ def _command(p: dict[str, Any], wav: str) -> list[str]:
     return cmd + ["-t", p["text"], "-o", wav]
 
 
+def _engine_audio(voice: Voice, text: str, rate: float, pitch: float | None, tmp_dir: str | Path) -> tuple[np.ndarray, int]:
+    """Run the engine on ``text``; ``(float32 mono samples, engine sample rate)``, untrimmed. Both corpus
+    builders (this one and speechlm.data.synth_tasks) render through here."""
+    fd, wav = tempfile.mkstemp(suffix=".wav", dir=tmp_dir)
+    os.close(fd)
+    try:
+        cmd = _command({"voice": voice, "text": text, "rate": rate, "pitch": pitch}, wav)
+        for _ in range(2):  # one retry: the engines occasionally fail under heavy load
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            if r.returncode == 0 and os.path.getsize(wav) > 44:
+                break
+        else:
+            raise RuntimeError(f"{voice.speaker} failed on {text!r} (exit {r.returncode}): {r.stderr.strip()[-300:]}")
+        x, sr = sf.read(wav, dtype="float32", always_2d=True)
+    finally:
+        os.unlink(wav)
+    return np.ascontiguousarray(x.mean(axis=1), dtype=np.float32), int(sr)
+
+
 def _trim(x: np.ndarray, sr: int, pad: float = 0.1) -> np.ndarray:
     """Cut leading/trailing silence (engines add up to half a second), keeping ``pad`` seconds."""
     peak = float(np.abs(x).max()) if x.size else 0.0
@@ -523,21 +542,7 @@ def _synthesize(p: dict[str, Any], path: Path, tmp_dir: Path) -> float:
             return sf.info(str(path)).duration
         except Exception:
             path.unlink()  # unreadable leftover: render it again
-    fd, wav = tempfile.mkstemp(suffix=".wav", dir=tmp_dir)
-    os.close(fd)
-    try:
-        cmd = _command(p, wav)
-        for attempt in range(2):  # one retry: the engines occasionally fail under heavy load
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-            if r.returncode == 0 and os.path.getsize(wav) > 44:
-                break
-        else:
-            raise RuntimeError(f"{p['voice'].speaker} failed on {p['text']!r} (exit {r.returncode}): "
-                               f"{r.stderr.strip()[-300:]}")
-        x, sr = sf.read(wav, dtype="float32", always_2d=True)
-    finally:
-        os.unlink(wav)
-    x = x.mean(axis=1)
+    x, sr = _engine_audio(p["voice"], p["text"], p["rate"], p["pitch"], tmp_dir)
     if sr != SAMPLE_RATE:
         x = soxr.resample(x, sr, SAMPLE_RATE, quality="HQ")
     x = _trim(x, SAMPLE_RATE)

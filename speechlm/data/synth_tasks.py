@@ -69,7 +69,7 @@ from speechlm.data.synth import (  # private helpers reused on purpose (see the 
     SAMPLE_RATE,
     SENTENCES,
     Voice,
-    _command,
+    _engine_audio,
     _trim,
     available_voices,
 )
@@ -494,24 +494,6 @@ def _fade(x: np.ndarray, sr: int, seconds: float = 0.005) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Rendering (runs in worker processes)
 # ---------------------------------------------------------------------------------------------
-
-
-def _engine_audio(voice: Voice, text: str, rate: float, pitch: float | None, tmp_dir: str) -> tuple[np.ndarray, int]:
-    """Run the engine on ``text``; ``(float32 mono samples, engine sample rate)``, untrimmed."""
-    fd, wav = tempfile.mkstemp(suffix=".wav", dir=tmp_dir)
-    os.close(fd)
-    try:
-        cmd = _command({"voice": voice, "text": text, "rate": rate, "pitch": pitch}, wav)
-        for _ in range(2):  # one retry: the engines occasionally fail under heavy load
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-            if r.returncode == 0 and os.path.getsize(wav) > 44:
-                break
-        else:
-            raise RuntimeError(f"{voice.speaker} failed on {text!r} (exit {r.returncode}): {r.stderr.strip()[-300:]}")
-        x, sr = sf.read(wav, dtype="float32", always_2d=True)
-    finally:
-        os.unlink(wav)
-    return np.ascontiguousarray(x.mean(axis=1), dtype=np.float32), int(sr)
 
 
 def _resample(x: np.ndarray, sr: int) -> np.ndarray:

@@ -137,7 +137,7 @@ class SpeechLM(nn.Module):
             target = batch.targets[i] if batch.targets is not None else []
             text_ids = torch.tensor(prompt.before + prompt.after + target, device=dev)
             text_emb = embed(text_ids)  # [P+Y, H]
-            nb, na = len(prompt.before), len(prompt.before) + len(prompt.after)
+            nb = len(prompt.before)
             a = int(audio_lengths[i])
             seqs.append(torch.cat([text_emb[:nb], audio[i, :a].to(text_emb.dtype), text_emb[nb:]]))  # [L_i, H]
             lab = torch.full((seqs[-1].shape[0],), IGNORE, dtype=torch.long, device=dev)
@@ -155,16 +155,28 @@ class SpeechLM(nn.Module):
         return emb, mask, lab
 
     # ---- training ----------------------------------------------------------------------------------
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed cross-entropy over answer tokens and their count (the caller normalizes globally)."""
+    def forward(self, batch: Batch, per_example: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed cross-entropy over answer tokens and their count (the caller normalizes globally).
+
+        ``per_example``: sum each example's *mean* token loss instead, and count examples. A 2-token label
+        then weighs as much as a 100-token timestamped transcript, where token averaging would give the
+        label tasks of a multi-task batch a few percent of the gradient (train.loss_norm = example).
+        """
         audio, audio_lengths = self.encode_audio(batch.waves, batch.frames)  # [B, A, H], [B]
         emb, mask, labels = self.splice(batch, audio, audio_lengths)  # [B, L, H], [B, L], [B, L]
         hidden = self.decoder(inputs_embeds=emb, attention_mask=mask).last_hidden_state  # [B, L, H]
         nxt = labels[:, 1:]  # [B, L-1] token each position predicts
         pick = nxt != IGNORE  # [B, L-1]
         logits = self.causal_lm.get_output_embeddings()(hidden[:, :-1][pick])  # [Y_total, V]
-        loss = nn.functional.cross_entropy(logits.float(), nxt[pick], reduction="sum")
-        return loss, pick.sum()
+        if not per_example:
+            loss = nn.functional.cross_entropy(logits.float(), nxt[pick], reduction="sum")
+            return loss, pick.sum()
+        token_loss = nn.functional.cross_entropy(logits.float(), nxt[pick], reduction="none")  # [Y_total]
+        row = torch.arange(nxt.shape[0], device=nxt.device)[:, None].expand_as(nxt)[pick]  # [Y_total] example of each token
+        per_row = token_loss.new_zeros(nxt.shape[0]).index_add(0, row, token_loss)  # [B] summed loss per example
+        count = pick.sum(dim=1)  # [B] answer tokens per example
+        has = count > 0
+        return (per_row[has] / count[has]).sum(), has.sum()
 
     # ---- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
