@@ -164,7 +164,7 @@ def evaluate_tasks(checkpoint: str, manifests: list[str], out: str | Path, tasks
 
 
 SYSTEMS = ("seen instructions", "held-out instructions", "constrained", "single-task ASR", "majority", "linear probe")
-SOURCE_SYSTEMS = ("seen instructions", "held-out instructions", "constrained", "linear probe")
+SOURCE_SYSTEMS = ("seen instructions", "held-out instructions", "constrained", "single-task ASR", "linear probe")
 
 
 def _cell(v) -> str:
@@ -213,7 +213,10 @@ def _write_report(out: Path, summary: dict, confusions: dict, extra: list[str] =
               for s in SYSTEMS if s != "single-task ASR"}
     scores = {s: v for s, v in scores.items() if v}
     if scores and max(len(v) for v in scores.values()) >= 3:  # a radar needs three axes
-        radar_chart(scores, out / "radar.png", title="Tasks: ours vs baselines (outer is better)")
+        # a boundary error has no natural 0..1 scale; "relative to the best system" would draw a lone 1-s error
+        # at the rim, so it is drawn on a fixed 0-500 ms axis (0 ms at the rim, 500 ms or worse at the centre)
+        ranges = {k: (0.0, 500.0) for v in scores.values() for k in v if k.endswith("/timestamps")}
+        radar_chart(scores, out / "radar.png", title="Tasks: ours vs baselines (outer is better)", ranges=ranges)
         lines += ["![radar](radar.png)", ""]
     for name, (matrix, labels, cols) in confusions.items():
         png = confusion_matrix_png(matrix, labels, out / f"confusion_{name}.png", title=f"{name}: confusion (seen instructions)",
