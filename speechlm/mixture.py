@@ -32,7 +32,21 @@ def parse_task_weights(specs: list[str]) -> dict[str, float]:
             raise ValueError(f"task weight {spec!r}: expected name or name:weight, e.g. ser:2") from None
         if weights[task.name] < 0:
             raise ValueError(f"task weight {spec!r} is negative")
+    check_distinct_instructions(list(weights))
     return weights
+
+
+def check_distinct_instructions(names: list[str]) -> None:
+    """Tasks trained together must not share an instruction paraphrase: the instruction is all the model has
+    to tell which answer is wanted (e.g. `ser` answers a label, `asr+ser` a transcript and then the label)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        task = get_task(name)
+        for instruction in (*task.instructions, *task.eval_instructions):
+            other = seen.setdefault(instruction, name)
+            if other != name:
+                raise ValueError(f"tasks {other!r} and {name!r} share the instruction {instruction!r}: trained together, "
+                                 "the model cannot tell which answer is wanted; give one of them paraphrases of its own")
 
 
 def task_probabilities(sizes: dict[str, int], weights: dict[str, float], temperature: float = 1.0) -> dict[str, float]:

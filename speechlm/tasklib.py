@@ -172,7 +172,17 @@ register(Task(
     target="digit", labels=tuple(str(i) for i in range(10)), label_aliases=(), metric="accuracy",
 ))
 
-# ASR+X (OSUM): the same closed-set tasks, but the answer starts with the transcript.
-for _x in ("ser", "sgc", "ssr-rate", "ssr-pitch", "ssr-loudness"):
-    register(Task(name=f"asr+{_x}", base=_x, description=f"ASR+X: transcript, then the {_x} label.", asr_prefix=True,
-                  metric="accuracy_f1", max_answer_tokens=128))
+# ASR+X (OSUM): the same closed-set tasks, but the answer starts with the transcript. Their instructions ask
+# for both, in words of their own: trained beside X, a shared paraphrase would leave the model guessing which
+# answer format is wanted (it did: a first osum-tiny run answered plain `ser` prompts with transcript + label).
+for _x, _what in (("ser", "emotion"), ("sgc", "gender"), ("ssr-rate", "speaking rate"), ("ssr-pitch", "pitch"),
+                  ("ssr-loudness", "loudness")):
+    register(Task(
+        name=f"asr+{_x}", base=_x, description=f"ASR+X: transcript, then the {_x} label.", asr_prefix=True,
+        instructions=(f"Transcribe the audio, then give the speaker's {_what}.",
+                      f"Write down what is said, and then the {_what}.",
+                      f"First the transcript, then the {_what} on a new line.",
+                      f"What is said, and what is the {_what}?",
+                      f"Transcribe this recording and classify its {_what}."),
+        eval_instructions=(f"Give me the words and the {_what}.", f"Type out the speech, then state the {_what}."),
+        metric="accuracy_f1", max_answer_tokens=128))

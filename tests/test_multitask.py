@@ -216,3 +216,17 @@ def test_loss_norm_example_trains_and_bad_values_are_named(tone_manifest, tmp_pa
     assert all(r["loss"] > 0 for r in _losses(run).values())
     with pytest.raises(ValueError, match="train.loss_norm"):
         train(load_recipe("tiny", common + [f"train.out_dir={tmp_path / 'bad'}", "train.loss_norm=median"]), progress=False)
+
+
+def test_tasks_trained_together_need_their_own_instructions():
+    """The instruction is all that tells `ser` (a label) from `asr+ser` (transcript, then label)."""
+    from speechlm.tasks import TASKS, Task, register
+
+    parse_task_weights(list(TASKS))  # every shipped record can be trained with every other
+    register(Task(name="test-ser-copy", base="ser"))  # inherits ser's paraphrases
+    try:
+        with pytest.raises(ValueError, match="'ser' and 'test-ser-copy' share the instruction"):
+            parse_task_weights(["ser", "test-ser-copy"])
+        parse_task_weights(["asr", "test-ser-copy"])  # fine without ser
+    finally:
+        TASKS.pop("test-ser-copy", None)
