@@ -72,11 +72,16 @@ def check_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for t in TARGETS:
         entry = summary.get(t.task) or {}
         by = entry.get("by source") or {}
-        values = {s: _pooled(by, t.sources, s, t.measure) for s in DECODINGS}
-        values = {s: v for s, v in values.items() if v[0] is not None}
+        scored = {s: _pooled(by, t.sources, s, t.measure) for s in DECODINGS}
+        values = {s: v for s, v in scored.items() if v[0] is not None}
         if not values:
-            rows.append({"target": t.name, "value": None, "bound": t.bound, "met": None, "n": 0,
-                         "note": f"not measured: no {t.sources} clips of task {t.task} in the evaluation"})
+            n = max((k for _, k in scored.values()), default=0)
+            if n and t.measure == "timestamps":  # clips were scored, but no answer word matched a reference word
+                rows.append({"target": t.name, "value": None, "bound": t.bound, "met": False, "n": n,
+                             "note": "no answer word matched the reference, so there is no boundary to measure"})
+            else:
+                rows.append({"target": t.name, "value": None, "bound": t.bound, "met": None, "n": n,
+                             "note": f"not measured: no {t.sources} clips of task {t.task} in the evaluation"})
             continue
         bound = t.bound
         if bound == "linear probe":

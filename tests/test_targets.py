@@ -56,3 +56,10 @@ def test_unmeasured_targets_are_never_met():
     over = _summary()
     over["asr"]["relative change"] = 0.25
     assert {r["target"]: r for r in check_targets(over)}["ASR cost of multi-task training (relative WER)"]["met"] is False
+
+
+def test_a_boundary_error_with_no_matched_word_is_a_miss():
+    summary = {"srwt": {"metric": "timestamps", "n": 10, "seen instructions": None, "held-out instructions": None,
+                        "by source": {"synthetic": {"n": 10, "seen instructions": {"timestamps": None, "n": 10}}}}}
+    row = {r["target"]: r for r in check_targets(summary)}["word-boundary error on synthetic speech (ms)"]
+    assert row["met"] is False and row["n"] == 10 and "no answer word matched" in row["note"]
