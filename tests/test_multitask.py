@@ -172,8 +172,13 @@ def test_multitask_end_to_end_through_the_cli(tmp_path):
     assert [r["stage"] for r in _losses(run).values()] == [0, 0, 1, 1, 1, 1]
     out = tmp_path / "eval"
     assert main(["eval", "--checkpoint", str(run), "--manifest", str(manifest), "--out", str(out), "--tasks", "all",
-                 "--train-manifest", str(manifest)]) == 0
-    assert set(json.loads((out / "summary.json").read_text())) == {"asr", "sgc"}
+                 "--train-manifest", str(manifest), "--single-task", str(run), "--max-per-task", "6"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"asr", "sgc"} and summary["asr"]["n"] == 6
+    # the same checkpoint as its own single-task reference: no ASR cost
+    assert summary["asr"]["single-task ASR"] == summary["asr"]["seen instructions"]
+    rel = summary["asr"].get("relative change")  # absent when the reference WER is 0
+    assert rel is None or abs(rel) < 1e-9
 
 
 def test_multitask_demo_path_at_tiny_size(tmp_path):
