@@ -85,7 +85,7 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
     print(f"[speechlm demo] {len(train_cuts)} training clips ({sum(c.duration for c in train_cuts) / 60:.1f} min of audio); "
           f"eval subsets: {', '.join(f'{k} ({len(v)})' for k, v in subsets.items())}", flush=True)
 
-    print(f"[speechlm demo] 2/3 training for at most {minutes:g} min", flush=True)
+    print(f"[speechlm demo] 2/3 training {steps} steps" + (f", at most {minutes:g} min" if minutes else ""), flush=True)
     cfg = load_recipe(recipe, [f"data.train_manifest={data / 'train.jsonl'}", f"data.val_manifest={data / 'val.jsonl'}",
                                f"train.out_dir={run}", f"train.max_minutes={minutes}", f"train.max_steps={steps}",
                                f"train.seed={seed}"])

@@ -45,7 +45,7 @@ def demo_tasks(cfg_name: str, out: str, minutes: float, synthetic: int, real_per
     write_manifest(data / "test.jsonl", test_cuts)
     print(f"[speechlm demo] {len(train_cuts)} training clips, {len(test_cuts)} test clips", flush=True)
 
-    print(f"[speechlm demo] 2/3 training ({cfg_name}, at most {minutes:g} min)", flush=True)
+    print(f"[speechlm demo] 2/3 training ({cfg_name}" + (f", at most {minutes:g} min)" if minutes else ")"), flush=True)
     cfg = load_recipe(cfg_name, [f"data.train_manifest={data / 'train.jsonl'}", f"train.out_dir={run}",
                                  f"train.max_minutes={minutes}", f"train.seed={seed}"])
     ckpt = train(cfg)
