@@ -41,11 +41,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_infer import (  # noqa: E402 - the sibling benchmark's machine and data helpers
     contention,
-    cpu_info,
-    cpu_ticks,
     english_asr_rows,
     make_batch,
     round_robin,
+    start_run,
     train_batch_data,
 )
 
@@ -145,17 +144,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     warmup, steps = 1, args.steps or (2 if quick else 10)
     cache_seconds = args.cache_seconds or (30.0 if quick else 600.0)
     out_path = Path(args.out) if args.out else RESULTS / ("features_cpu_quick.json" if quick else "features_cpu.json")
-    t_start = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
-
-    torch.manual_seed(0)
-    ticks0 = cpu_ticks()
-    busy = contention()
-    if busy.get("busy_processes"):
-        log(f"WARNING: other processes are using the CPU, timings will be low: {busy['busy_processes']}")
-    machine = cpu_info()
+    clock = start_run()
+    log, busy, machine = clock.log, clock.busy, clock.machine
 
     # ---- model ------------------------------------------------------------------------------------
     from speechlm.model.builders import SIZES, build_speechlm
@@ -285,8 +275,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "caching": caching,
         "accuracy": accuracy,
         "contention_at_end": contention(0.5),
-        "cpu_steal_pct_run": (lambda t1: round(100 * (t1[1] - ticks0[1]) / max(1, t1[0] - ticks0[0]), 2) if t1 and ticks0 else None)(cpu_ticks()),
-        "wall_s": time.perf_counter() - t_start,
+        "cpu_steal_pct_run": clock.steal_pct(),
+        "wall_s": clock.wall_s(),
     }
     write_json(out_path, res)
     shutil.rmtree(work, ignore_errors=True)

@@ -378,6 +378,39 @@ def cpu_ticks() -> tuple[int, int] | None:
     return None
 
 
+@dataclass
+class RunClock:
+    """What every benchmark records around its measurements: a clock for log lines, the machine, how busy the
+    CPU was at the start, and the CPU steal over the run (a shared host hides a slow run otherwise)."""
+
+    t_start: float
+    ticks0: tuple[int, int] | None
+    busy: dict[str, Any]
+    machine: dict[str, Any]
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.t_start:6.1f}s] {msg}", flush=True)
+
+    def steal_pct(self) -> float | None:
+        t1 = cpu_ticks()
+        return round(100 * (t1[1] - self.ticks0[1]) / max(1, t1[0] - self.ticks0[0]), 2) if t1 and self.ticks0 else None
+
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.t_start
+
+
+def start_run() -> RunClock:
+    """Seed torch, read the CPU counters, warn if other processes use the CPU, describe the machine."""
+    clock = RunClock(time.perf_counter(), None, {}, {})
+    torch.manual_seed(0)
+    clock.ticks0 = cpu_ticks()
+    clock.busy = contention()
+    if clock.busy.get("busy_processes"):
+        clock.log(f"WARNING: other processes are using the CPU, timings will be low: {clock.busy['busy_processes']}")
+    clock.machine = cpu_info()
+    return clock
+
+
 class Trainer:
     """One variant's training step on the shared model (same weights, same LoRA), with its own optimizer."""
 
@@ -625,18 +658,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     warmup, steps = (1, args.steps or 2) if quick else (2, args.steps or 8)
     n_clips, max_new = (4, 16) if quick else (8, 64)
     out_path = Path(args.out) if args.out else RESULTS / ("train_infer_cpu_quick.json" if quick else "train_infer_cpu.json")
-    t_start = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
-
-    torch.manual_seed(0)
-    ticks0 = cpu_ticks()
+    clock = start_run()
+    log, busy, machine = clock.log, clock.busy, clock.machine
     rss = PeakRSS()
-    busy = contention()
-    if busy.get("busy_processes"):
-        log(f"WARNING: other processes are using the CPU, timings will be low: {busy['busy_processes']}")
-    machine = cpu_info()
 
     # ---- model and inputs -------------------------------------------------------------------------
     log("building model")
@@ -731,8 +755,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "model that emits end-of-turn costs); greedy_rtf_speechlm_* is the model as loaded (without --checkpoint "
                         "the adapter is untrained and decodes to max_new_tokens: a worst case).",
         "contention_at_end": contention(0.5),
-        "cpu_steal_pct_run": (lambda t1: round(100 * (t1[1] - ticks0[1]) / max(1, t1[0] - ticks0[0]), 2) if t1 and ticks0 else None)(cpu_ticks()),
-        "wall_s": time.perf_counter() - t_start,
+        "cpu_steal_pct_run": clock.steal_pct(),
+        "wall_s": clock.wall_s(),
     }
     write_json(out_path, res)
     print_tables(res)
