@@ -92,7 +92,6 @@ def evaluate_tasks(checkpoint: str, manifests: list[str], out: str | Path, tasks
     from speechlm.train import load_checkpoint
 
     model, cfg, _ = load_checkpoint(checkpoint, device=device)
-    reference = load_checkpoint(single_task, device=device)[0] if single_task else None
     test = [c for m in manifests for c in validate(m, required_fields=()).good]
     train = list(validate(train_manifest, required_fields=()).good) if train_manifest else []
     if tasks == "all":
@@ -100,6 +99,8 @@ def evaluate_tasks(checkpoint: str, manifests: list[str], out: str | Path, tasks
         names = list(dict.fromkeys(t.split(":")[0] for t in trained))
     else:
         names = [t.strip() for t in tasks.split(",") if t.strip()]
+    # the single-task model only answers the asr rows: load it only when they are scored
+    reference = load_checkpoint(single_task, device=device)[0] if single_task and "asr" in names else None
     out = Path(out)
     rows, summary, confusions = [], {}, {}
     feature_cache: dict = {}  # pooled encoder features by clip: the probes of different tasks share clips
