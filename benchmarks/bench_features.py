@@ -1,4 +1,4 @@
-"""CPU benchmark: training from raw audio vs from cached encoder features (``speechlm.data.features``).
+"""CPU benchmark: training from raw audio vs from cached encoder features (``speechlm.model.features``).
 
     python benchmarks/bench_features.py            # full run (~2-3 min on 2 cores), writes results/features_cpu.json
     python benchmarks/bench_features.py --quick    # smoke run (tiny random backbones), writes results/features_cpu_quick.json
@@ -50,7 +50,7 @@ from bench_train_infer import (  # noqa: E402 - the sibling benchmark's machine 
 
 from speechlm.config import ModelConfig  # noqa: E402
 from speechlm.data.audio import load_audio  # noqa: E402
-from speechlm.data.features import cache_features, encode_from_features, forward_from_features, load_features  # noqa: E402
+from speechlm.model.features import cache_features, encode_from_features, forward_from_features, load_features  # noqa: E402
 from speechlm.data.manifest import read_manifest  # noqa: E402
 from speechlm.tasks import get_task  # noqa: E402
 from speechlm.utils import real_data_root, write_json  # noqa: E402

@@ -507,8 +507,8 @@ def record_generate(module: torch.nn.Module, sink: list[int]):
 
 def bench_inference(model: SpeechLM, clips: list[np.ndarray], meta: list[dict], max_new_tokens: int, batch_sizes: list[int],
                     rss: PeakRSS, log: Callable[[str], None]) -> dict[str, Any]:
-    from speechlm.infer import Transcriber, WhisperBaseline
-    from speechlm.metrics import wer_details
+    from speechlm.inference.transcribe import Transcriber, WhisperBaseline
+    from speechlm.evaluation.metrics import wer_details
 
     audio_s = sum(len(c) for c in clips) / SR
     refs = [m.get("text", "") for m in meta]
@@ -665,7 +665,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # ---- model and inputs -------------------------------------------------------------------------
     log("building model")
     if args.checkpoint:
-        from speechlm.train import load_checkpoint
+        from speechlm.checkpoint import load_checkpoint
 
         model, rcfg, _ = load_checkpoint(args.checkpoint)
         mcfg = rcfg.model

@@ -2,26 +2,37 @@
 
 Parameters without a default are positional; ``bool`` defaults become flags; ``list`` parameters take
 several values. The help of each option is the ``name: text`` line of the function's docstring.
+
+The parser is built from the verbs' source (:mod:`speechlm.introspect`), so ``speechlm --help`` and
+``speechlm ls`` never import torch or transformers; a verb's module is imported when the verb runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
+import importlib
 import os
 import sys
-import typing
-from typing import Callable
 
+from speechlm.introspect import EMPTY, read_registry, read_signature
 
-def _verbs() -> dict[str, Callable]:
-    from speechlm.demo import demo
-    from speechlm.evaluate import evaluate
-    from speechlm.infer import transcribe
-    from speechlm.prepare import prepare
-    from speechlm.train import run_train
+VERBS: dict[str, tuple[str, str]] = {
+    "demo": ("speechlm.demos.demo", "demo"),
+    "prepare": ("speechlm.corpora.prepare", "prepare"),
+    "train": ("speechlm.training.loop", "run_train"),
+    "transcribe": ("speechlm.inference.transcribe", "transcribe"),
+    "eval": ("speechlm.evaluation.asr", "evaluate"),
+    "ls": ("speechlm.cli", "ls"),
+}
+"""Verb -> (module, function). The function's signature is the verb's command line."""
 
-    return {"demo": demo, "prepare": prepare, "train": run_train, "transcribe": transcribe, "eval": evaluate, "ls": ls}
+REGISTRIES: dict[str, tuple[str, str]] = {
+    "encoders": ("speechlm.model.builders", "ENCODERS"),
+    "adapters": ("speechlm.model.adapter", "ADAPTERS"),
+    "llms": ("speechlm.backbones.llm", "LLMS"),
+    "sizes": ("speechlm.model.builders", "SIZES"),
+}
+"""Registries listed by ``speechlm ls`` that live in torch modules: read from their source (dict literals)."""
 
 
 def ls(what: str = "all") -> dict[str, dict[str, str]]:
@@ -29,27 +40,25 @@ def ls(what: str = "all") -> dict[str, dict[str, str]]:
 
     what: one of encoders, adapters, llms, tasks, recipes, sizes, corpora, all.
     """
-    from speechlm.backbones.llm import LLMS
     from speechlm.config import list_recipes, recipe_path
-    from speechlm.model.adapter import ADAPTERS
-    from speechlm.model.builders import ENCODERS, SIZES
     from speechlm.tasks import TASKS
 
     def first_line(text: str | None) -> str:
         return (text or "").strip().splitlines()[0] if text else ""
 
     tables = {
-        "encoders": dict(ENCODERS),
-        "adapters": {k: first_line(v.__doc__) or v.__name__ for k, v in ADAPTERS.items()},
-        "llms": dict(LLMS),
-        "tasks": {k: f"{t.description} [metric: {t.metric}; {len(t.instructions)}+{len(t.eval_instructions)} instructions]" for k, t in TASKS.items()},
-        "recipes": {k: first_line(recipe_path(k).read_text().lstrip("# ")) for k in list_recipes()},
-        "sizes": {k: f"encoder={v.encoder}, llm={v.llm}, adapter={v.adapter}" for k, v in SIZES.items()},
-        "corpora": _corpora_docs(),
+        "encoders": lambda: read_registry(*REGISTRIES["encoders"]),
+        "adapters": lambda: read_registry(*REGISTRIES["adapters"]),
+        "llms": lambda: read_registry(*REGISTRIES["llms"]),
+        "tasks": lambda: {k: f"{t.description} [metric: {t.metric}; {len(t.instructions)}+{len(t.eval_instructions)} instructions]"
+                          for k, t in TASKS.items()},
+        "recipes": lambda: {k: first_line(recipe_path(k).read_text().lstrip("# ")) for k in list_recipes()},
+        "sizes": lambda: read_registry(*REGISTRIES["sizes"]),
+        "corpora": _corpora_docs,
     }
     if what != "all" and what not in tables:
         raise ValueError(f"unknown registry {what!r}; choose from {', '.join(tables)} or all")
-    chosen = tables if what == "all" else {what: tables[what]}
+    chosen = {k: f() for k, f in tables.items() if what in ("all", k)}
     for name, entries in chosen.items():
         print(f"{name}:")
         for k, v in entries.items():
@@ -61,69 +70,70 @@ ls.cli_positional = ("what",)  # `speechlm ls tasks`
 
 
 def _corpora_docs() -> dict[str, str]:
-    from speechlm.prepare import corpora
+    from speechlm.corpora import CORPUS_DOCS
+    from speechlm.corpora.prepare import GENERATED_DOCS, corpora
 
-    try:
-        from speechlm.corpora import CORPUS_DOCS
-    except ImportError:
-        CORPUS_DOCS = {}
-    own = {"synthetic": "Debian TTS voices (espeak-ng, flite), labelled gender/rate/pitch",
-           "multitask": "TTS corpus for ASR+X: style classes, exact word timestamps, questions, intents, keywords",
-           "real-multitask": "the shared real speech with every task label, split by speaker (device, folder or clip where no speaker)", "real": "the shared real-speech folder, split by speaker",
-           "manifest": "an existing JSONL manifest (validated; then --shards / --features)"}
-    return {k: {**own, **CORPUS_DOCS}.get(k, "") for k in corpora()}
+    return {k: {**GENERATED_DOCS, **CORPUS_DOCS}.get(k, "") for k in corpora()}
 
 
-def _param_help(fn: Callable) -> dict[str, str]:
+def _param_help(doc: str) -> dict[str, str]:
     helps = {}
-    for line in inspect.getdoc(fn).splitlines() if fn.__doc__ else []:
+    for line in doc.splitlines():
         name, sep, text = line.strip().partition(":")
         if sep and name.isidentifier():
             helps[name] = text.strip()
     return helps
 
 
-def _add_verb(sub, name: str, fn: Callable) -> None:
-    doc = inspect.getdoc(fn) or ""
+def _add_verb(sub, name: str, module: str, function: str) -> None:
+    sig = read_signature(module, function)
+    doc = sig.doc
     p = sub.add_parser(name, help=doc.splitlines()[0] if doc else name, description=doc.split("\n\n")[0],
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    helps = _param_help(fn)
-    hints = typing.get_type_hints(fn)
-    optional_positionals = getattr(fn, "cli_positional", ())  # e.g. prepare's CORPUS SRC OUT, omitted with --check
-    for pname, param in inspect.signature(fn).parameters.items():
-        ann = hints.get(pname, str)
-        is_list = typing.get_origin(ann) is list
+    helps = _param_help(doc)
+    for param in sig.params:
+        pname, default = param.name, param.default
         flag = "--" + pname.replace("_", "-")
         h = helps.get(pname, "")
-        if param.default is inspect.Parameter.empty:
-            p.add_argument(pname, nargs="+" if is_list else None, help=h)
-        elif pname in optional_positionals:
-            p.add_argument(pname, nargs="?", default=param.default, help=h)
-        elif isinstance(param.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=param.default, help=h)
-        elif is_list:
+        if default is EMPTY:
+            p.add_argument(pname, nargs="+" if param.is_list else None, help=h)
+        elif pname in sig.positional:
+            p.add_argument(pname, nargs="?", default=default, help=h)
+        elif isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=h)
+        elif param.is_list:
             p.add_argument(flag, dest=pname, nargs="+", action="extend", default=None, help=h)
         else:
-            typ = type(param.default) if param.default is not None else str
-            p.add_argument(flag, dest=pname, type=typ, default=param.default, help=h)
-    p.set_defaults(_fn=fn)
+            typ = type(default) if default is not None else str
+            p.add_argument(flag, dest=pname, type=typ, default=default, help=h)
+    p.set_defaults(_target=(module, function))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="speechlm", description="Build, train, evaluate and serve speech language models.")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for name, (module, function) in VERBS.items():
+        _add_verb(sub, name, module, function)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars and messages say what happens; transformers' per-load bars and notices are noise."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 
-    # our own progress bars and messages say what happens; transformers' per-load bars and notices are noise here
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    parser = argparse.ArgumentParser(prog="speechlm", description="Build, train, evaluate and serve speech language models.")
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for name, fn in _verbs().items():
-        _add_verb(sub, name, fn)
-    args = vars(parser.parse_args(argv))
-    fn = args.pop("_fn")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    module, function = args.pop("_target")
     verb = args.pop("verb")
     args = {k: (v if v is not None else []) for k, v in args.items()}
+    if verb != "ls":
+        _quiet_libraries()
+    fn = getattr(importlib.import_module(module), function)
     try:
         code = fn(**args)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 
 @contextlib.contextmanager
@@ -99,3 +99,41 @@ def real_data_root() -> Path | None:
         if (c / "manifest.jsonl").exists():
             return c
     return None
+
+
+def _md_cell(value: Any) -> str:
+    # Pipes would end the cell and newlines the row, so escape/flatten them.
+    return " ".join(str(value).split()).replace("|", "\\|") if value is not None else ""
+
+
+def markdown_table(headers: Sequence[Any], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None) -> str:
+    """GitHub-flavoured Markdown table; ``align`` per column is "l", "r" or "c" (default: first
+    column left, columns whose every cell looks numeric right-aligned). Cells are str()-ed."""
+    ncol = len(headers)
+    for i, row in enumerate(rows):
+        if len(row) != ncol:
+            raise ValueError(f"row {i} has {len(row)} cells, expected {ncol}")
+    if align is None:
+        align = ["l"] + ["r" if rows and all(looks_numeric(row[c]) for row in rows) else "l" for c in range(1, ncol)]
+    if len(align) != ncol:
+        raise ValueError(f"align has {len(align)} entries, expected {ncol}")
+    rule = {"l": ":---", "r": "---:", "c": ":---:"}
+    lines = [
+        "| " + " | ".join(_md_cell(h) for h in headers) + " |",
+        "| " + " | ".join(rule[a] for a in align) + " |",
+    ]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def looks_numeric(value: Any) -> bool:
+    if isinstance(value, (int, float)):
+        return True
+    s = str(value).strip().rstrip("%")
+    if s in ("-", ""):
+        return True
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False

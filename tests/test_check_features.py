@@ -1,4 +1,4 @@
-"""`speechlm.data.check` (data report, every problem with manifest:line) and `speechlm.data.features` (cached
+"""`speechlm.data.check` (data report, every problem with manifest:line) and `speechlm.model.features` (cached
 frozen-encoder frames: fp16 parity with the live encoder, adapter parity, re-run skip, fingerprint guard)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from factories import make_corrupt_file, make_manifest, make_sine_or_noise_wav
 
 from speechlm.data.audio import load_audio
 from speechlm.data.check import check_manifest, run_check
-from speechlm.data.features import (
+from speechlm.model.features import (
     FeatureMismatchError,
     cache_features,
     encode_from_features,

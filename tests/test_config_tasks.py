@@ -17,7 +17,7 @@ def test_every_shipped_recipe_parses_and_round_trips(name):
     assert cfg.data.task in TASKS
     assert from_dict(to_dict(cfg)) == cfg
     if cfg.train.stages:  # a shipped stage table adds up and names registered tasks and parts
-        from speechlm.mixture import parse_stages
+        from speechlm.tasks.mixture import parse_stages
 
         assert sum(s.steps for s in parse_stages(cfg.train.stages, cfg.train.max_steps)) == cfg.train.max_steps
 
@@ -124,6 +124,6 @@ def test_label_aliases_and_label_errors_name_the_field():
 
 
 def test_every_task_metric_is_registered():
-    from speechlm.metrics import METRICS
+    from speechlm.evaluation.metrics import METRICS
 
     assert {t.metric for t in TASKS.values()} <= set(METRICS)

@@ -455,7 +455,7 @@ _HAVE_TTS = bool(shutil.which("espeak-ng") or shutil.which("flite"))
 
 @pytest.mark.skipif(not _HAVE_TTS, reason="no TTS engine (apt-get install espeak-ng flite)")
 def test_synthetic_corpus_small(tmp_path):
-    from speechlm.data.synth import available_voices, build_synthetic_corpus
+    from speechlm.corpora.synth import available_voices, build_synthetic_corpus
 
     voices = available_voices()
     assert {v.gender for v in voices} <= {"male", "female"} and len({v.speaker for v in voices}) == len(voices)
@@ -483,7 +483,7 @@ def test_synthetic_corpus_small(tmp_path):
 
 
 def test_synthetic_plan_deterministic_and_extends():
-    from speechlm.data.synth import SENTENCES, Voice, _plan
+    from speechlm.corpora.synth import SENTENCES, Voice, _plan
 
     voices = [Voice("espeak-ng", "en-us+m1", "male", "en-us", "espeak-ng:m1", (30.0, 70.0)),
               Voice("espeak-ng", "en-us+f2", "female", "en-us", "espeak-ng:f2", (30.0, 70.0))]
@@ -496,7 +496,7 @@ def test_synthetic_plan_deterministic_and_extends():
 
 
 def test_available_voices_without_engines(monkeypatch):
-    from speechlm.data import synth
+    from speechlm.corpora import synth
 
     monkeypatch.setattr(synth.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="apt-get install espeak-ng flite"):
@@ -510,7 +510,7 @@ def test_available_voices_without_engines(monkeypatch):
 
 @pytest.mark.skipif(real_data_root() is None, reason="shared real data not present")
 def test_real_splits_speaker_disjoint(tmp_path):
-    from speechlm.data.real import prepare_real_splits
+    from speechlm.corpora.real import prepare_real_splits
 
     paths = prepare_real_splits(real_data_root(), tmp_path, test_speakers_per_source=2, seed=0,
                                 max_train_per_source=100)

@@ -1,4 +1,4 @@
-"""Tests for speechlm.metrics and speechlm.report (pure CPU, no model downloads, a few seconds)."""
+"""Tests for speechlm.evaluation.metrics and speechlm.evaluation.report (pure CPU, no model downloads, a few seconds)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from speechlm import metrics
-from speechlm.metrics import (
+from speechlm.evaluation import wer as metrics
+from speechlm.evaluation.metrics import (
     METRICS,
     accuracy,
     cer,
@@ -20,15 +20,14 @@ from speechlm.metrics import (
     utterance_wer,
     wer_details,
 )
-from speechlm.report import (
+from speechlm.evaluation.report import (
     comparison_table,
     markdown_table,
-    plot_loss_curve,
     print_comparison,
-    read_loss_log,
     summarize_rows,
     write_eval_outputs,
 )
+from speechlm.training.loss_plot import plot_loss_curve, read_loss_log
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WHISPER = metrics.NORMALIZER_NAME.startswith("whisper_normalizer")

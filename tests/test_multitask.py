@@ -6,10 +6,11 @@ import json
 
 import pytest
 
+from speechlm.checkpoint.state import load_state
 from speechlm.config import load_recipe
 from speechlm.data.manifest import Cut, ManifestError
-from speechlm.mixture import build_mixture, parse_task_weights, task_probabilities
-from speechlm.train import train
+from speechlm.tasks.mixture import build_mixture, parse_task_weights, task_probabilities
+from speechlm.training.loop import train
 
 
 def _cuts(n_gender: int = 6, n_text_only: int = 4) -> list[Cut]:
@@ -88,7 +89,6 @@ def _losses(run):
 
 
 def test_curriculum_stages_switch_tasks_and_trainable_parts_and_resume_exactly(tone_manifest, tmp_path):
-    import torch
     from safetensors.torch import load_file
 
     manifest = _gender_manifest(tone_manifest)
@@ -103,7 +103,7 @@ def test_curriculum_stages_switch_tasks_and_trainable_parts_and_resume_exactly(t
     assert lora_b and all(float(w2[k].abs().max()) == 0.0 for k in lora_b)
     w6 = load_file(str(full / "checkpoints" / "step-000006" / "trainable.safetensors"))
     assert any(float(w6[k].abs().max()) > 0 for k in lora_b)
-    assert torch.load(full / "checkpoints" / "step-000004" / "state.pt", weights_only=False)["stage"] == 1
+    assert load_state(full / "checkpoints" / "step-000004")["stage"] == 1
     # resume inside stage 1 and across the stage boundary: the same losses as the uninterrupted run
     for ckpt in ("step-000002", "step-000004"):
         run = tmp_path / f"resume-{ckpt}"
@@ -159,7 +159,7 @@ def test_per_task_eval_report_with_baselines(tone_manifest, tmp_path):
 def test_multitask_end_to_end_through_the_cli(tmp_path):
     """prepare multitask -> train with the tiny-mt stage table -> eval --tasks all."""
     from speechlm.cli import main
-    from speechlm.data.synth import available_voices
+    from speechlm.corpora.synth import available_voices
 
     try:
         available_voices()
@@ -184,7 +184,7 @@ def test_multitask_end_to_end_through_the_cli(tmp_path):
 def test_multitask_demo_path_at_tiny_size(tmp_path):
     """`speechlm demo --recipe tiny-mt`: the osum-tiny code path with random tiny models, in seconds."""
     from speechlm.cli import main
-    from speechlm.data.synth import available_voices
+    from speechlm.corpora.synth import available_voices
 
     try:
         available_voices()

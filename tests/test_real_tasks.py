@@ -1,4 +1,4 @@
-"""Multi-task splits of the shared real data (speechlm.data.real_tasks) and STTC references (speechlm.data.chat_targets)."""
+"""Multi-task splits of the shared real data (speechlm.corpora.real_tasks) and STTC references (speechlm.corpora.chat_targets)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speechlm.data import chat_targets
-from speechlm.data.chat_targets import CACHE_NAME, answer_questions, is_question, load_cache
+from speechlm.corpora import chat_targets
+from speechlm.corpora.chat_targets import CACHE_NAME, answer_questions, is_question, load_cache
 from speechlm.data.manifest import Cut, read_manifest
-from speechlm.data.real_tasks import (
+from speechlm.corpora.real_tasks import (
     _pick_test_units,
     age_group_from_years,
     map_labels,
     prepare_real_multitask,
     split_unit,
 )
-from speechlm.mixture import eligible
+from speechlm.tasks.mixture import eligible
 from speechlm.tasks import get_task
 from speechlm.utils import real_data_root
 

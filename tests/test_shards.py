@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from speechlm.checkpoint.state import load_state, save_state
 from speechlm.data import load_audio, read_manifest
 from speechlm.data import shards as shards_mod
 from speechlm.data.shards import (
@@ -320,11 +321,11 @@ def _ddp_worker(rank: int, init_file: str, index: str, out: str, phase: str, k: 
                     break
             state = part.gather_state_dict()  # collective: every rank
             if rank == 0:
-                torch.save(state, out_dir / "state.pt")
+                save_state(out_dir, state)
             result = {"full": everyone, "before": before}
         else:
             ds = ShardDataset(index, rank=rank, **_DDP_KW)
-            ds.load_state_dict(torch.load(out_dir / "state.pt", weights_only=False))
+            ds.load_state_dict(load_state(out_dir))
             remaining = ds.remaining_per_rank()
             after = [b.ids for b in ds.loader(**fork)]
             everyone = [None, None]

@@ -1,4 +1,4 @@
-"""The synthetic multi-task corpus (speechlm.data.synth_tasks): labels that hold by construction."""
+"""The synthetic multi-task corpus (speechlm.corpora.synth_tasks): labels that hold by construction."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import soundfile as sf
 
 from speechlm.data.manifest import validate
-from speechlm.data.synth import SENTENCES, Voice
-from speechlm.data.synth_tasks import (
+from speechlm.corpora.synth import SENTENCES, Voice
+from speechlm.corpora.synth_tasks import (
     INTENTS,
     KINDS,
     LOUDNESS_CLASSES,
@@ -220,8 +220,8 @@ def test_loudness_and_rate_classes_are_ordered(corpus):
 
 @needs_tts
 def test_pitch_classes_order_f0_within_a_voice(tmp_path):
-    from speechlm.data.synth import available_voices
-    from speechlm.data.synth_tasks import _ESPEAK_PITCH, _FLITE_PITCH, _engine_audio, _resample
+    from speechlm.corpora.synth import available_voices
+    from speechlm.corpora.synth_tasks import _ESPEAK_PITCH, _FLITE_PITCH, _engine_audio, _resample
 
     voices = {v.speaker: v for v in available_voices()}
     checked = 0
@@ -242,8 +242,8 @@ def test_pitch_classes_order_f0_within_a_voice(tmp_path):
 @needs_tts
 def test_espeak_echo_is_not_counted_as_word(tmp_path):
     """m2 adds a 130 ms echo; m1 has none. The same word must get the same span in both."""
-    from speechlm.data.synth import available_voices
-    from speechlm.data.synth_tasks import _dry, _engine_audio, _resample, _word_bounds
+    from speechlm.corpora.synth import available_voices
+    from speechlm.corpora.synth_tasks import _dry, _engine_audio, _resample, _word_bounds
 
     voices = {v.speaker: v for v in available_voices()}
     if "espeak-ng:en-us+m1" not in voices or "espeak-ng:en-us+m2" not in voices:

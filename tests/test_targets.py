@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from speechlm.targets import TARGETS, check_targets, targets_markdown
+from speechlm.evaluation.targets import TARGETS, check_targets, targets_markdown
 
 
 def _acc(correct: int, n: int, **kw) -> dict:

@@ -1,4 +1,4 @@
-"""Tests for speechlm.taskmetrics, speechlm.probe and speechlm.plots (CPU, random tiny encoder, ~10 s)."""
+"""Tests for speechlm.evaluation.taskmetrics, speechlm.evaluation.probe and speechlm.evaluation.plots (CPU, random tiny encoder, ~10 s)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speechlm.taskmetrics import (
+from speechlm.evaluation.taskmetrics import (
     OTHER,
     TASK_HIGHER_IS_BETTER,
     TASK_METRICS,
@@ -173,7 +173,7 @@ def test_keyword_f1():
 
 
 def test_majority_baseline():
-    from speechlm.probe import majority_baseline
+    from speechlm.evaluation.probe import majority_baseline
 
     res = majority_baseline(["a", "A", "b"], ["a", "b", "b", "B "])
     assert res["label"] == "a" and res["n"] == 4
@@ -212,7 +212,7 @@ def test_linear_probe_separates_tones(tmp_path):
     from speechlm.data.manifest import Cut
     from speechlm.model.builders import build_tiny_whisper_encoder
     from speechlm.model.encoder import SpeechEncoder
-    from speechlm.probe import linear_probe, pooled_features
+    from speechlm.evaluation.probe import linear_probe, pooled_features
 
     encoder = SpeechEncoder(build_tiny_whisper_encoder(), pad_to_30s=False)
     before = [p.detach().clone() for p in encoder.parameters()]
@@ -245,7 +245,7 @@ def test_linear_probe_separates_tones(tmp_path):
 
 
 def test_linear_probe_needs_training_labels(tmp_path):
-    from speechlm.probe import linear_probe
+    from speechlm.evaluation.probe import linear_probe
 
     cuts = _tone_cuts(tmp_path, 1, seed=3)
     for c in cuts:
@@ -267,7 +267,7 @@ def _png_shape(path: Path) -> tuple[int, ...]:
 
 
 def test_normalize_scores_flips_lower_is_better():
-    from speechlm.plots import normalize_scores
+    from speechlm.evaluation.plots import normalize_scores
 
     tasks, scaled, how = normalize_scores({
         "A": {"asr/wer": 0.2, "emotion/accuracy_f1": 0.8, "ts/timestamps": 50.0},
@@ -283,7 +283,7 @@ def test_normalize_scores_flips_lower_is_better():
 
 
 def test_radar_and_confusion_pngs(tmp_path):
-    from speechlm.plots import confusion_matrix_png, radar_chart
+    from speechlm.evaluation.plots import confusion_matrix_png, radar_chart
 
     scores = {
         "speechlm": {"asr/wer": 0.25, "emotion/accuracy_f1": 0.7, "qa/token_f1": 0.4, "ts/timestamps": 80.0},
@@ -306,7 +306,7 @@ def test_radar_and_confusion_pngs(tmp_path):
 def test_pooled_features_cache_skips_clips_already_encoded(tmp_path):
     from speechlm.model.builders import build_tiny_whisper_encoder
     from speechlm.model.encoder import SpeechEncoder
-    from speechlm.probe import pooled_features
+    from speechlm.evaluation.probe import pooled_features
 
     encoder = SpeechEncoder(build_tiny_whisper_encoder(), pad_to_30s=False)
     cuts = _tone_cuts(tmp_path, 3, seed=3)
@@ -324,7 +324,7 @@ def test_pooled_features_cache_skips_clips_already_encoded(tmp_path):
 
 def test_radar_legend_stays_inside_the_png(tmp_path):
     """Long legends (systems with many unscored axes) are kept in the picture, not cut at its edge."""
-    from speechlm.plots import radar_chart
+    from speechlm.evaluation.plots import radar_chart
 
     axes = [f"task-number-{i}/accuracy_f1" for i in range(12)]
     scores = {"seen instructions": {a: 0.5 for a in axes}, "linear probe": {a: 0.7 for a in axes[:2]}}

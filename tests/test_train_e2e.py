@@ -14,7 +14,9 @@ import torch
 from speechlm.cli import main
 from speechlm.config import load_recipe
 from speechlm.data.manifest import ManifestError
-from speechlm.train import load_checkpoint, train
+from speechlm.checkpoint import load_checkpoint
+from speechlm.checkpoint.state import load_state
+from speechlm.training.loop import train
 
 
 def _losses(run: Path) -> dict[int, float]:
@@ -49,7 +51,7 @@ def test_checkpoint_holds_all_state_and_is_atomic(tone_manifest, tmp_path):
     run = tmp_path / "run"
     final = train(_cfg(tone_manifest, run, "train.max_steps=4", "train.save_every=2"), progress=False)
     assert final.name == "step-000004" and (run / "checkpoints" / "latest").read_text().strip() == "step-000004"
-    state = torch.load(final / "state.pt", weights_only=False)
+    state = load_state(final)
     assert {"optimizer", "scheduler", "rng", "sampler", "step"} <= set(state) and state["step"] == 4
     assert {"epoch", "position", "seed"} <= set(state["sampler"])
     assert (final / "tokenizer").is_dir() and json.loads((final / "config.json").read_text())["model"]["llm"] == "tiny-llama"
@@ -58,7 +60,7 @@ def test_checkpoint_holds_all_state_and_is_atomic(tone_manifest, tmp_path):
 
 
 def test_end_to_end_cli_prepare_train_resume_transcribe_eval(tmp_path, capsys):
-    from speechlm.data.synth import available_voices
+    from speechlm.corpora.synth import available_voices
 
     try:
         available_voices()
@@ -154,7 +156,7 @@ def test_training_streams_from_shards_and_resumes_exactly(tone_manifest, tmp_pat
     assert sorted(a) == list(range(1, 7)) and sorted(b) == [4, 5, 6]
     for step in b:
         assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
-    assert "shards" in torch.load(full / "checkpoints" / "step-000003" / "state.pt", weights_only=False)
+    assert "shards" in load_state(full / "checkpoints" / "step-000003")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on linux")
@@ -171,7 +173,7 @@ def test_ddp_training_from_shards_with_uneven_ranks(tone_manifest, tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(_losses(run)) == [1, 2, 3, 4, 5]
-    state = torch.load(run / "checkpoints" / "step-000002" / "state.pt", weights_only=False)
+    state = load_state(run / "checkpoints" / "step-000002")
     assert "shards" in state
 
 

@@ -150,7 +150,7 @@ class CheckReport:
 
     def to_markdown(self) -> str:
         """A readable report (what ``check.md`` holds)."""
-        from speechlm.report import markdown_table
+        from speechlm.utils import markdown_table
 
         p = [f"# Data check: `{self.manifest}`", "",
              f"**{'OK' if self.ok else 'ERRORS'}**: {self.summary()}.", ""]

@@ -1,5 +1,22 @@
-"""Model parts: encoder wrapper, adapters, the SpeechLM composition and its builders."""
+"""Model: the continuous speech LM, ``SpeechLM(encoder, adapter, llm)``, and what builds it.
 
-from speechlm.model.speechlm import Batch, PromptIds, SpeechLM
+* :mod:`~speechlm.model.encoder` - :class:`SpeechEncoder`: any Whisper-family encoder on the real audio length.
+* :mod:`~speechlm.model.adapter` - the adapter registry :data:`ADAPTERS` (``stack``: Ultravox, ``conv``: SpeechVerse/OSUM).
+* :mod:`~speechlm.model.speechlm` - :class:`SpeechLM`, :class:`Batch`, the prompt formatter and the splice.
+* :mod:`~speechlm.model.builders` - :func:`build_speechlm` from a :class:`~speechlm.config.ModelConfig`, named sizes.
+* :mod:`~speechlm.model.features` - cached frozen-encoder outputs and the forward pass that reads them.
+
+The discrete (speech-token) LM will sit beside this one.
+May import: utils, config, data, tasks, backbones. Not checkpoint, training, inference, evaluation, corpora.
+Importing this package is light (no torch); its names load on first use.
+"""
 
 __all__ = ["Batch", "PromptIds", "SpeechLM"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from speechlm.model import speechlm
+
+        return getattr(speechlm, name)
+    raise AttributeError(f"module 'speechlm.model' has no attribute {name!r}")

@@ -39,7 +39,7 @@ class Transcriber:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, task: str | None = None, device: str = "cpu", **kw) -> "Transcriber":
-        from speechlm.train import load_checkpoint
+        from speechlm.checkpoint import load_checkpoint
 
         model, cfg, _ = load_checkpoint(checkpoint, device=device)
         return cls(model, get_task(task or cfg.data.task), **kw)

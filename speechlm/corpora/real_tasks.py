@@ -1,8 +1,8 @@
 """Speaker-disjoint multi-task train/test manifests from every labelled part of the shared real data.
 
-:func:`speechlm.data.real.prepare_real_splits` makes ASR splits from the parts with English transcripts;
+:func:`speechlm.corpora.real.prepare_real_splits` makes ASR splits from the parts with English transcripts;
 this module covers *all* parts of ``shared/data/real`` (see its README) and writes the labels under the
-field names the task records read (:mod:`speechlm.tasklib`), so ``speechlm.mixture.eligible`` finds,
+field names the task records read (:mod:`speechlm.tasks.library`), so ``speechlm.tasks.mixture.eligible`` finds,
 for each task, the lines that serve it:
 
 =====================  ======================================================================================
@@ -190,8 +190,8 @@ def _pick_test_units(strata: dict[str, str], k: int, rng: np.random.Generator) -
 
 
 def task_counts(cuts: list[Cut]) -> dict[str, int]:
-    """Lines per task of :data:`TASK_FIELDS` (by ``speechlm.mixture.eligible``, which raises on an invalid label)."""
-    from speechlm.mixture import eligible
+    """Lines per task of :data:`TASK_FIELDS` (by ``speechlm.tasks.mixture.eligible``, which raises on an invalid label)."""
+    from speechlm.tasks.mixture import eligible
     from speechlm.tasks import get_task
 
     return {name: len(eligible(cuts, get_task(name))) for name in TASK_FIELDS}

@@ -129,7 +129,7 @@ def _zero_shot(summary: dict[str, Any]) -> dict[str, Any]:
 
 def targets_markdown(rows: list[dict[str, Any]]) -> list[str]:
     """The targets as Markdown lines for report.md."""
-    from speechlm.report import markdown_table
+    from speechlm.utils import markdown_table
 
     def num(v):
         return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)

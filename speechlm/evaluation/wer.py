@@ -3,8 +3,8 @@
 Both references and hypotheses always go through the *same* normalizer, so conventions such as
 "zero" -> "0" or "Mr." -> "mister" cancel out instead of being counted as errors.
 
-Tasks name their metric by key in :data:`METRICS` (``"wer"``, ``"cer"``, ``"accuracy"``); every entry
-takes ``(refs, hyps, normalize=True)`` and returns a flat ``dict`` of JSON-serializable numbers.
+Each function takes ``(refs, hyps, normalize=True)`` and returns a flat ``dict`` of JSON-serializable numbers;
+:mod:`speechlm.evaluation.metrics` registers them by key beside the per-task metrics.
 """
 
 from __future__ import annotations
@@ -25,9 +25,6 @@ __all__ = [
     "cer",
     "cer_details",
     "accuracy",
-    "METRICS",
-    "HIGHER_IS_BETTER",
-    "compute_metric",
 ]
 
 MetricFn = Callable[..., dict[str, float | int]]
@@ -209,38 +206,3 @@ def accuracy(
     correct = sum(r == h for r, h in zip(r_norm, h_norm))
     n = len(r_norm)
     return {"accuracy": correct / n if n else 0.0, "correct": correct, "n": n}
-
-
-# --------------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------------
-
-# Task configs refer to metrics by these keys. Each callable: (refs, hyps, normalize=True) -> dict,
-# where the dict always holds the metric's own key (e.g. "wer") and "n" (number of utterances).
-METRICS: dict[str, MetricFn] = {
-    "wer": wer_details,
-    "cer": cer_details,
-    "accuracy": accuracy,
-}
-
-# Whether a larger value is better, so reports can pick the best system without hard-coding names.
-HIGHER_IS_BETTER: dict[str, bool] = {"wer": False, "cer": False, "accuracy": True}
-
-
-def compute_metric(
-    name: str, refs: Sequence[str | None], hyps: Sequence[str | None], normalize: bool = True
-) -> dict[str, float | int]:
-    """Look up ``name`` in :data:`METRICS` and apply it; unknown names list the valid keys."""
-    try:
-        fn = METRICS[name]
-    except KeyError:
-        raise KeyError(f"unknown metric {name!r}; known: {sorted(METRICS)}") from None
-    return fn(refs, hyps, normalize=normalize)
-
-
-# Multi-task metrics (accuracy_f1, timestamps, token_f1, rouge_l, keyword_f1) share the registry; imported last
-# because speechlm.taskmetrics uses normalize_english from this module.
-from speechlm.taskmetrics import TASK_HIGHER_IS_BETTER, TASK_METRICS  # noqa: E402
-
-METRICS.update(TASK_METRICS)
-HIGHER_IS_BETTER.update(TASK_HIGHER_IS_BETTER)

@@ -2,7 +2,7 @@
 
 A speech LM that answers "what emotion / speaker / language is this?" should be compared with what the
 encoder's features already give a linear classifier, and with always answering the most common label.
-Both baselines score with :func:`speechlm.taskmetrics.accuracy_f1`, so their numbers sit in the same
+Both baselines score with :func:`speechlm.evaluation.taskmetrics.accuracy_f1`, so their numbers sit in the same
 table as the LM's.
 
 :func:`linear_probe` mean-pools each clip's real-length encoder frames (no 30-s padding: padding frames
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from speechlm.taskmetrics import accuracy_f1, normalize_label
+from speechlm.evaluation.taskmetrics import accuracy_f1, normalize_label
 
 __all__ = ["majority_baseline", "pooled_features", "linear_probe", "cut_label"]
 
@@ -36,7 +36,7 @@ _MIN_SAMPLES = 400  # one STFT window: shorter clips are zero-padded to it
 def majority_baseline(train_labels: Sequence[Any], test_labels: Sequence[Any]) -> dict[str, Any]:
     """Always answer the most frequent training label (ties: alphabetically first).
 
-    Labels are compared case-insensitively (:func:`speechlm.taskmetrics.normalize_label`). Returns
+    Labels are compared case-insensitively (:func:`speechlm.evaluation.taskmetrics.normalize_label`). Returns
     ``{"accuracy", "macro_f1", "label", "n"}``; ``label`` is ``None`` (accuracy 0) with no training label.
     """
     keys = [normalize_label(x) for x in train_labels]

@@ -5,10 +5,10 @@ For every task the test manifests serve (a line serves a task when it carries th
   (zero-shot instruction following, SpeechVerse), cycling through each pool across clips;
 - **constrained** decoding for closed-set tasks (the most likely allowed label);
 - baselines computed in the same run for closed-set tasks: the **majority** class of the training manifest
-  and a **linear probe** on the frozen encoder's mean-pooled features (speechlm.probe);
+  and a **linear probe** on the frozen encoder's mean-pooled features (speechlm.evaluation.probe);
 - optionally a **single-task ASR** model (same recipe, ASR only) beside the multi-task model's WER;
 - every score again **per source** (corpus, or synthetic), since some targets hold on real speech only.
-Writes results.jsonl, summary.json, targets.json (speechlm.targets), report.md, radar.png (all tasks, all
+Writes results.jsonl, summary.json, targets.json (speechlm.evaluation.targets), report.md, radar.png (all tasks, all
 systems) and one confusion matrix per closed-set task.
 """
 
@@ -23,9 +23,9 @@ import numpy as np
 
 from speechlm.data.audio import load_audio
 from speechlm.data.manifest import Cut, validate
-from speechlm.metrics import METRICS
-from speechlm.mixture import eligible
-from speechlm.report import markdown_table
+from speechlm.evaluation.metrics import METRICS
+from speechlm.tasks.mixture import eligible
+from speechlm.evaluation.report import markdown_table
 from speechlm.tasks import Task, get_task
 from speechlm.utils import write_json, write_jsonl, write_text
 
@@ -36,7 +36,7 @@ def _headline(task: Task, result: dict) -> float | None:
 
 def _answers(model, task: Task, waves: list[np.ndarray], pool: tuple[str, ...], constrained: bool, batch_size: int) -> list[str]:
     """Answer every clip, the i-th prompted with pool[i % len(pool)]; returns the scored part of each answer."""
-    from speechlm.infer import Transcriber
+    from speechlm.inference.transcribe import Transcriber
 
     hyps: list[str] = [""] * len(waves)
     for k, instruction in enumerate(pool):
@@ -88,8 +88,8 @@ def evaluate_tasks(checkpoint: str, manifests: list[str], out: str | Path, tasks
     e.g. the demo's control); its WER with the seen instructions is reported beside the multi-task model's,
     with the relative change (OSUM / SpeechVerse: adding tasks should not cost ASR more than 10% relative).
     """
-    from speechlm.probe import linear_probe, majority_baseline
-    from speechlm.train import load_checkpoint
+    from speechlm.evaluation.probe import linear_probe, majority_baseline
+    from speechlm.checkpoint import load_checkpoint
 
     model, cfg, _ = load_checkpoint(checkpoint, device=device)
     test = [c for m in manifests for c in validate(m, required_fields=()).good]
@@ -153,7 +153,7 @@ def evaluate_tasks(checkpoint: str, manifests: list[str], out: str | Path, tasks
         summary[name] = entry
         print(f"[speechlm] {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in entry.items()
                                                  if isinstance(v, float) and k != "seconds") + f" ({entry['seconds']:.0f} s)", flush=True)
-    from speechlm.targets import check_targets, targets_markdown
+    from speechlm.evaluation.targets import check_targets, targets_markdown
 
     targets = check_targets(summary)
     extra = targets_markdown(targets) if any(t["met"] is not None for t in targets) else []
@@ -185,7 +185,7 @@ def source_table(summary: dict) -> list[list]:
 
 
 def _write_report(out: Path, summary: dict, confusions: dict, extra: list[str] = ()) -> None:
-    from speechlm.plots import confusion_matrix_png, radar_chart
+    from speechlm.evaluation.plots import confusion_matrix_png, radar_chart
 
     table = [[name, e.get("metric", "-"), *[_cell(e.get(s)) for s in SYSTEMS], e.get("n", 0)]
              for name, e in summary.items() if "skipped" not in e]

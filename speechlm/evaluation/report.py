@@ -16,15 +16,14 @@ Shapes used throughout:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
-from speechlm.metrics import HIGHER_IS_BETTER, METRICS, normalizer_name, utterance_wer
-from speechlm.utils import atomic_open, write_json, write_jsonl
+from speechlm.evaluation.metrics import HIGHER_IS_BETTER, METRICS, normalizer_name, utterance_wer
+from speechlm.utils import atomic_open, looks_numeric, markdown_table, write_json, write_jsonl
 
 __all__ = [
     "ALL_SUBSET",
@@ -34,8 +33,6 @@ __all__ = [
     "comparison_table",
     "comparison_rich_table",
     "print_comparison",
-    "read_loss_log",
-    "plot_loss_curve",
 ]
 
 log = logging.getLogger(__name__)
@@ -193,44 +190,6 @@ def _clip(text: Any, width: int = 120) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _md_cell(value: Any) -> str:
-    # Pipes would end the cell and newlines the row, so escape/flatten them.
-    return " ".join(str(value).split()).replace("|", "\\|") if value is not None else ""
-
-
-def markdown_table(headers: Sequence[Any], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None) -> str:
-    """GitHub-flavoured Markdown table; ``align`` per column is "l", "r" or "c" (default: first
-    column left, columns whose every cell looks numeric right-aligned). Cells are str()-ed."""
-    ncol = len(headers)
-    for i, row in enumerate(rows):
-        if len(row) != ncol:
-            raise ValueError(f"row {i} has {len(row)} cells, expected {ncol}")
-    if align is None:
-        align = ["l"] + ["r" if rows and all(_looks_numeric(row[c]) for row in rows) else "l" for c in range(1, ncol)]
-    if len(align) != ncol:
-        raise ValueError(f"align has {len(align)} entries, expected {ncol}")
-    rule = {"l": ":---", "r": "---:", "c": ":---:"}
-    lines = [
-        "| " + " | ".join(_md_cell(h) for h in headers) + " |",
-        "| " + " | ".join(rule[a] for a in align) + " |",
-    ]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _looks_numeric(value: Any) -> bool:
-    if isinstance(value, (int, float)):
-        return True
-    s = str(value).strip().rstrip("%")
-    if s in ("-", ""):
-        return True
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
 def _metric_label(metric: str, compact: bool = False) -> str:
     """"WER (%)" for headings; compact "WER %" inside another parenthesis (table corner cell)."""
     name = metric.upper() if len(metric) <= 3 else metric.capitalize()
@@ -316,12 +275,12 @@ def comparison_rich_table(
     higher = HIGHER_IS_BETTER.get(metric, False)
     best: dict[int, float] = {}
     for c in range(1, len(headers) - 1):
-        vals = [float(r[c].rstrip("%")) for r in rows if r[c] not in ("-", "") and _looks_numeric(r[c])]
+        vals = [float(r[c].rstrip("%")) for r in rows if r[c] not in ("-", "") and looks_numeric(r[c])]
         if len(vals) > 1:
             best[c] = max(vals) if higher else min(vals)
     for r in rows:
         cells = [
-            f"[bold green]{cell}[/]" if c in best and cell != "-" and _looks_numeric(cell) and float(cell.rstrip("%")) == best[c] else cell
+            f"[bold green]{cell}[/]" if c in best and cell != "-" and looks_numeric(cell) and float(cell.rstrip("%")) == best[c] else cell
             for c, cell in enumerate(r)
         ]
         cells[0] = r[0].replace("[", "\\[")  # system names like "tiny.en [int8]" are not markup
@@ -346,109 +305,3 @@ def print_comparison(
 # --------------------------------------------------------------------------------------------------
 # Loss curves
 # --------------------------------------------------------------------------------------------------
-
-
-def read_loss_log(log_jsonl_path: str | os.PathLike) -> dict[str, list[tuple[float, float]]]:
-    """Parse a training log into ``{split: [(step, loss), ...]}`` sorted by step.
-
-    Lines without a finite numeric ``loss``/``step`` are skipped, as are malformed lines (a trainer
-    may be mid-write on the last one). A missing ``split`` means ``"train"``. If a step appears twice
-    in a split (a resumed run re-logging), the later line wins so the curve does not zigzag.
-    """
-    path = Path(log_jsonl_path)
-    if not path.exists():
-        raise FileNotFoundError(f"training log not found: {path}")
-    series: dict[str, dict[float, float]] = {}
-    bad = 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if not isinstance(rec, dict):
-                continue
-            step, loss = rec.get("step"), rec.get("loss")
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (step, loss)):
-                continue
-            if not (math.isfinite(step) and math.isfinite(loss)):
-                continue
-            series.setdefault(str(rec.get("split") or "train"), {})[float(step)] = float(loss)
-    if bad:
-        log.warning("%s: skipped %d malformed line(s)", path, bad)
-    return {split: sorted(points.items()) for split, points in series.items()}
-
-
-def _smooth(values: list[float], window: int) -> list[float]:
-    """Centered moving average (window shrinks at the ends).
-
-    Centered rather than an EMA because an EMA lags a steeply falling loss and draws the trend
-    visibly above the raw points early in training.
-    """
-    import numpy as np
-
-    half = max(window // 2, 0)
-    y = np.asarray(values, dtype=float)
-    csum = np.concatenate([[0.0], np.cumsum(y)])
-    idx = np.arange(len(y))
-    lo = np.clip(idx - half, 0, len(y))
-    hi = np.clip(idx + half + 1, 0, len(y))
-    return ((csum[hi] - csum[lo]) / (hi - lo)).tolist()
-
-
-def plot_loss_curve(
-    log_jsonl_path: str | os.PathLike, png_path: str | os.PathLike, title: str | None = None
-) -> Path:
-    """Draw loss vs step (train, val and any other split) from a JSONL training log into a PNG.
-
-    Uses matplotlib's Agg canvas directly (no pyplot global state, no display needed) and writes the
-    PNG atomically. With many train points the raw curve is faded and a moving average drawn over it; sparse
-    series get markers so a single point is visible. A log with no loss points still yields a PNG
-    stating so (and a warning), so callers can always link the file. Returns the PNG path.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    src = Path(log_jsonl_path)
-    series = read_loss_log(src)
-    png = Path(png_path)
-    fig = Figure(figsize=(8, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.set_title(title or f"Loss: {src.name}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    n_points = sum(len(p) for p in series.values())
-    if n_points == 0:
-        msg = f"No loss values logged yet in {src.name}"
-        log.warning("%s: %s", src, msg)
-        ax.text(0.5, 0.5, msg, ha="center", va="center", transform=ax.transAxes, fontsize=12)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    else:
-        # Train first so val/test are drawn on top; stable colours by split name.
-        colours = {"train": "tab:blue", "val": "tab:orange", "valid": "tab:orange", "test": "tab:green"}
-        for split in sorted(series, key=lambda s: (s != "train", s)):
-            pts = series[split]
-            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            colour = colours.get(split)
-            marker = "o" if len(pts) <= 50 or split != "train" else None
-            if split == "train" and len(pts) > 50:
-                ax.plot(xs, ys, color=colour, alpha=0.3, linewidth=0.8, label=f"{split} (raw)")
-                ax.plot(xs, _smooth(ys, window=max(5, len(ys) // 40)), color=colour, linewidth=1.5, label=f"{split} (smoothed)")
-            else:
-                ax.plot(xs, ys, color=colour, marker=marker, markersize=4, linewidth=1.5, label=f"{split} ({len(pts)} pts)")
-        ys_all = [y for pts in series.values() for _, y in pts]
-        # Loss often falls by orders of magnitude; a log axis keeps the tail readable.
-        if min(ys_all) > 0 and max(ys_all) / min(ys_all) > 20:
-            ax.set_yscale("log")
-        ax.grid(True, alpha=0.3)
-        ax.legend(loc="upper right")
-    fig.tight_layout()
-    with atomic_open(png, "wb") as f:
-        fig.savefig(f, format="png")
-    return png

@@ -2,7 +2,7 @@
 
 Each system (a trained checkpoint, the same model untrained, Whisper's own decoder) answers every clip of
 every manifest; rows go to ``results.jsonl``, metrics per system and subset to ``summary.json``, and a
-Markdown table to ``report.md`` (speechlm.report). WER uses Whisper's English normalizer (speechlm.metrics).
+Markdown table to ``report.md`` (speechlm.evaluation.report). WER uses Whisper's English normalizer (speechlm.evaluation.metrics).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 
 from speechlm.data.audio import load_audio
 from speechlm.data.manifest import Cut, validate
-from speechlm.report import print_comparison, summarize_rows, write_eval_outputs
+from speechlm.evaluation.report import print_comparison, summarize_rows, write_eval_outputs
 
 System = Callable[[Sequence[np.ndarray]], list[str]]
 
@@ -68,7 +68,7 @@ def evaluate(manifest: list[str] = (), out: str = "runs/eval", checkpoint: str =
     max_per_task: with --tasks, score a fixed random subset of at most this many clips per task (0: all).
     device: cpu or cuda.
     """
-    from speechlm.infer import Transcriber, WhisperBaseline
+    from speechlm.inference.transcribe import Transcriber, WhisperBaseline
     from speechlm.tasks import get_task
 
     if not manifest:
@@ -76,7 +76,7 @@ def evaluate(manifest: list[str] = (), out: str = "runs/eval", checkpoint: str =
     if tasks:
         if not checkpoint:
             raise ValueError("--tasks needs --checkpoint")
-        from speechlm.evaluate_tasks import evaluate_tasks
+        from speechlm.evaluation.per_task import evaluate_tasks
 
         return evaluate_tasks(checkpoint, list(manifest), out, tasks=tasks, train_manifest=train_manifest,
                               batch_size=batch_size, device=device, single_task=single_task, max_per_task=max_per_task)
@@ -89,7 +89,7 @@ def evaluate(manifest: list[str] = (), out: str = "runs/eval", checkpoint: str =
         systems["speechlm (trained)"] = tr
         if untrained:
             from speechlm.model.builders import build_speechlm
-            from speechlm.train import load_checkpoint
+            from speechlm.checkpoint import load_checkpoint
 
             _, cfg, _ = load_checkpoint(checkpoint)
             systems["speechlm (untrained)"] = Transcriber(build_speechlm(cfg.model, seed=cfg.train.seed).to(device), task_rec,

@@ -47,17 +47,18 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
     real_per_source = d.real_per_source if real_per_source < 0 else real_per_source
     eval_per_subset = d.eval_per_subset if eval_per_subset < 0 else eval_per_subset
     if recipe_cfg.train.stages or recipe_cfg.data.tasks:  # a multi-task recipe: ASR+X data, curriculum, per-task report
-        from speechlm.demo_tasks import demo_tasks
+        from speechlm.demos.multitask import demo_tasks
 
         return demo_tasks(recipe, out, minutes, synthetic, real_per_source, eval_per_subset, seed)
     from speechlm.data.manifest import read_manifest, write_manifest
-    from speechlm.data.real import prepare_real_splits
-    from speechlm.data.synth import build_synthetic_corpus
-    from speechlm.evaluate import score_systems
-    from speechlm.infer import Transcriber, WhisperBaseline
+    from speechlm.corpora.real import prepare_real_splits
+    from speechlm.corpora.synth import build_synthetic_corpus
+    from speechlm.evaluation.asr import score_systems
+    from speechlm.inference.transcribe import Transcriber, WhisperBaseline
     from speechlm.model.builders import build_speechlm
     from speechlm.tasks import get_task
-    from speechlm.train import load_checkpoint, train
+    from speechlm.checkpoint import load_checkpoint
+    from speechlm.training.loop import train
 
     t0 = time.time()
     run = Path(out)

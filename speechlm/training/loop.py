@@ -6,9 +6,10 @@ on GPUs). Every rank iterates the same global batch plan and takes its own shard
 whole global batch (all-reduced), so N processes compute exactly the gradient of one process with the same
 global batch.
 
-Checkpoints (``OUT/checkpoints/step-NNNNNN``, written atomically, ``OUT/checkpoints/latest`` names the newest)
-hold the trainable weights, optimizer, scheduler, RNG states, sampler position, resolved config and the
-tokenizer: ``resume`` continues as if the run had never stopped.
+Checkpoints (``OUT/checkpoints/step-NNNNNN``, written atomically by :mod:`speechlm.checkpoint`,
+``OUT/checkpoints/latest`` names the newest) hold the trainable weights, optimizer, scheduler, RNG states,
+sampler position, resolved config and the tokenizer, with no pickle: ``resume`` continues as if the run had
+never stopped.
 """
 
 from __future__ import annotations
@@ -25,65 +26,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from speechlm.config import RecipeConfig, from_dict, to_dict
+from speechlm.checkpoint import CKPT_DIR, load_training_state, save_checkpoint
+from speechlm.config import RecipeConfig, to_dict
 from speechlm.data.manifest import Cut, ManifestError, validate
 from speechlm.data.sampler import DurationBatchSampler
-from speechlm.dataset import SpeechDataset, collate
+from speechlm.training.dataset import SpeechDataset, collate
 from speechlm.model.builders import build_speechlm
 from speechlm.model.speechlm import Batch, SpeechLM
 from speechlm.tasks import get_task
-from speechlm.utils import atomic_dir, atomic_open, write_json
-
-CKPT_DIR = "checkpoints"
-
-
-# ---------------------------------------------------------------------------------------------------
-# checkpoints
-# ---------------------------------------------------------------------------------------------------
-def save_checkpoint(model: SpeechLM, cfg: RecipeConfig, out_dir: Path, step: int, extra: dict) -> Path:
-    """Write ``checkpoints/step-NNNNNN`` atomically, then point ``checkpoints/latest`` at it."""
-    from safetensors.torch import save_file
-
-    root = out_dir / CKPT_DIR
-    path = root / f"step-{step:06d}"
-    with atomic_dir(path) as tmp:
-        save_file({k: v.contiguous() for k, v in model.trainable_state_dict().items()}, str(tmp / "trainable.safetensors"))
-        torch.save(extra, tmp / "state.pt")
-        write_json(tmp / "config.json", to_dict(cfg))
-        model.tokenizer.save_pretrained(tmp / "tokenizer")
-        write_json(tmp / "meta.json", {"step": step, "params": model.num_params(), "time": time.time()})
-    with atomic_open(root / "latest", "w") as f:
-        f.write(path.name + "\n")
-    return path
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint folder, or a run folder / checkpoints folder (then its latest checkpoint)."""
-    p = Path(path)
-    for candidate in (p, p / CKPT_DIR):
-        if (candidate / "trainable.safetensors").exists():
-            return candidate
-        if (candidate / "latest").exists():
-            return candidate / (candidate / "latest").read_text().strip()
-    raise FileNotFoundError(f"no checkpoint in {p} (expected trainable.safetensors or {CKPT_DIR}/latest)")
-
-
-def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[SpeechLM, RecipeConfig, Path]:
-    """Rebuild the model from the checkpoint's own config and load its trained weights."""
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer
-
-    ckpt = resolve_checkpoint(path)
-    cfg = from_dict(json.loads((ckpt / "config.json").read_text()))
-    model = build_speechlm(cfg.model, seed=cfg.train.seed)
-    model.load_trainable_state_dict(load_file(str(ckpt / "trainable.safetensors")))
-    if (ckpt / "tokenizer").exists():
-        from speechlm.model.speechlm import PromptFormatter
-
-        model.tokenizer = AutoTokenizer.from_pretrained(ckpt / "tokenizer")
-        model.formatter = PromptFormatter(model.tokenizer, model.audio_token, cfg.model.system_prompt)
-    return model.to(device).eval(), cfg, ckpt
-
+from speechlm.utils import write_json
 
 # ---------------------------------------------------------------------------------------------------
 # helpers
@@ -191,7 +142,7 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
     corpus = None
     stages = []
     if cfg.train.stages:
-        from speechlm.mixture import parse_stages, set_trainable, stage_at
+        from speechlm.tasks.mixture import parse_stages, set_trainable, stage_at
 
         if cfg.data.train_shards:
             raise ValueError("train.stages: a curriculum needs data.train_manifest (stages are not supported with shards)")
@@ -206,11 +157,11 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         multi = bool(cfg.data.tasks or stages)
         cuts, data_report = load_cuts(cfg.data.train_manifest, () if multi else required, cfg.model.max_audio_seconds, cfg.data.skip_bad)
         n_clips, hours = len(cuts), sum(c.duration for c in cuts) / 3600
-    # Examples of each stage: (cut, task) pairs by weight and temperature (speechlm.mixture); every stage is
+    # Examples of each stage: (cut, task) pairs by weight and temperature (speechlm.tasks.mixture); every stage is
     # built now, so an invalid label or a task no line serves fails before training starts.
     stage_data: list[tuple[list[Cut], list | None]] = [(cuts, None)]
     if corpus is None and multi:
-        from speechlm.mixture import build_mixture, parse_task_weights
+        from speechlm.tasks.mixture import build_mixture, parse_task_weights
 
         rows = [s.tasks for s in stages] if stages else [cfg.data.tasks]
         built = [build_mixture(cuts, parse_task_weights(list(t)), cfg.data.temperature, seed=cfg.train.seed + k)
@@ -220,7 +171,7 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
     val_required = () if cfg.data.tasks or stages else required  # validation loss is on the main task only
     val_cuts = load_cuts(cfg.data.val_manifest, val_required, cfg.model.max_audio_seconds, cfg.data.skip_bad)[0] if cfg.data.val_manifest else []
     if val_required == () and val_cuts:
-        from speechlm.mixture import eligible
+        from speechlm.tasks.mixture import eligible
 
         val_cuts = [val_cuts[i] for i in eligible(val_cuts, task)]
 
@@ -231,7 +182,7 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             for c in cuts:
                 c.labels.pop("features", None)
         else:
-            from speechlm.data.features import verify_features
+            from speechlm.model.features import verify_features
 
             if cfg.model.train_encoder_layers > 0:
                 raise ValueError(f"{cfg.data.train_manifest}: cached features need a frozen encoder; "
@@ -279,11 +230,8 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
 
     step, consumed = 0, 0
     if resume:
-        ckpt = resolve_checkpoint(out_dir if resume == "auto" else resume)
-        from safetensors.torch import load_file
-
-        model.load_trainable_state_dict(load_file(str(ckpt / "trainable.safetensors")))
-        state = torch.load(ckpt / "state.pt", weights_only=False)
+        weights, state, ckpt = load_training_state(out_dir if resume == "auto" else resume)
+        model.load_trainable_state_dict(weights)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if stages:
@@ -329,9 +277,9 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         data_state = {"sampler": sampler.state_dict(consumed=consumed)} if sampler is not None else {"shards": shard_ds.gather_state_dict()}
         if rank != 0:
             return None
-        extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                  "rng": rng_state(), "stage": stage_idx, **data_state}
-        return save_checkpoint(model, cfg, out_dir, step, extra)
+        return save_checkpoint(model, cfg, out_dir, step, state)
 
     # ---- train ------------------------------------------------------------------------------------
     t_start = time.time()
@@ -403,7 +351,7 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             stage_end = bool(stages) and stage_at(stages, step) != stage_idx
             last = step >= cfg.train.max_steps or step == cfg.train.stop_at_step
             if (step % cfg.train.save_every == 0 or stage_end) and not last:
-                checkpoint()  # also at every stage boundary: a control run can fork there (speechlm.demo_tasks)
+                checkpoint()  # also at every stage boundary: a control run can fork there (speechlm.demos.multitask)
             timed_out = bool(cfg.train.max_minutes) and (time.time() - t_start) / 60 >= cfg.train.max_minutes
             if world > 1:  # every rank must stop at the same step, or one would wait in a collective forever
                 flag = torch.tensor([float(timed_out)], device=device)
@@ -430,7 +378,7 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
     if rank == 0:
         writer.close()
         try:
-            from speechlm.report import plot_loss_curve
+            from speechlm.training.loss_plot import plot_loss_curve
 
             plot_loss_curve(log_path, out_dir / "loss.png")
         except FileNotFoundError:

@@ -7,7 +7,7 @@ paraphrases for training and a disjoint held-out pool used only at evaluation (S
 
 from __future__ import annotations
 
-from speechlm.tasks import Task, register
+from speechlm.tasks.record import Task, register
 
 # Emotion: RAVDESS's eight classes plus EmoDB's boredom; EmoDB and CREMA-D spellings map onto them.
 EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised", "boredom")

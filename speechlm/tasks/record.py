@@ -3,7 +3,7 @@
 A ``Task`` holds the user-message template (with the ``{audio}`` placeholder and an ``{instruction}``),
 a pool of instruction paraphrases for training and a disjoint pool kept for evaluation (SpeechVerse,
 Das et al. 2024, measures zero-shot instruction following this way), the manifest field that is the target,
-the loss-mask rule, the metric key (``speechlm.metrics.METRICS``), an optional closed label set, a sampling
+the loss-mask rule, the metric key (``speechlm.evaluation.metrics.METRICS``), an optional closed label set, a sampling
 weight and a curriculum stage. ``base=`` inherits every field not given, so a new task is one record:
 
     register(Task(name="asr-digits", base="asr", metric="accuracy", labels=("zero", ..., "nine")))
@@ -42,7 +42,7 @@ class Task:
     loss_mask: str = _UNSET
     """`answer`: loss on the answer tokens and the end-of-turn token only (prompt and audio masked)."""
     metric: str = _UNSET
-    """Metric key in speechlm.metrics.METRICS (wer, cer, accuracy, accuracy_f1, timestamps, token_f1, rouge_l, keyword_f1)."""
+    """Metric key in speechlm.evaluation.metrics.METRICS (wer, cer, accuracy, accuracy_f1, timestamps, token_f1, rouge_l, keyword_f1)."""
     labels: tuple[str, ...] | None = _UNSET
     """Closed label set, or None for free text."""
     label_aliases: tuple[tuple[str, str], ...] = _UNSET
@@ -170,4 +170,3 @@ register(Task(
     stage=0,
 ))
 
-from speechlm import tasklib  # noqa: E402,F401  (registers the other task records)

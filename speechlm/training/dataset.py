@@ -25,7 +25,7 @@ class SpeechDataset(Dataset):
                  tasks: list[Task] | None = None):
         self.cuts = cuts
         self.task = task
-        self.tasks = tasks  # multi-task: the task of each example (speechlm.mixture), else `task` for all
+        self.tasks = tasks  # multi-task: the task of each example (speechlm.tasks.mixture), else `task` for all
         self.formatter = formatter
         self.seed = seed
         self.epoch = 0
@@ -45,7 +45,7 @@ class SpeechDataset(Dataset):
     def __getitem__(self, i: int) -> dict | None:
         cut = self.cuts[i]
         if self.use_features:
-            from speechlm.data.features import load_features
+            from speechlm.model.features import load_features
 
             try:
                 frames = load_features(cut, dtype=None)  # [F, D], fp16 as stored: half the IPC from workers

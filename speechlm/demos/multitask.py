@@ -6,7 +6,7 @@
 2. training with the recipe's stage table (e.g. ASR first with the adapter alone, then every task with LoRA),
    then the single-task ASR control: the same recipe on ASR alone for as many steps (``demo.asr_control``);
 3. the per-task report on held-out speakers with seen/held-out instructions, constrained decoding and the
-   majority and linear-probe baselines (speechlm.evaluate_tasks), with a radar chart and confusion matrices.
+   majority and linear-probe baselines (speechlm.evaluation.per_task), with a radar chart and confusion matrices.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ def demo_tasks(cfg_name: str, out: str, minutes: float, synthetic: int, real_per
                seed: int) -> dict:
     """The multi-task demo; ``speechlm demo`` calls it for recipes with tasks or stages."""
     from speechlm.config import load_recipe
-    from speechlm.data.chat_targets import answer_questions
+    from speechlm.corpora.chat_targets import answer_questions
     from speechlm.data.manifest import read_manifest, write_manifest
-    from speechlm.data.real_tasks import prepare_real_multitask
-    from speechlm.data.synth_tasks import build_multitask_corpus
-    from speechlm.evaluate_tasks import evaluate_tasks
-    from speechlm.train import train
+    from speechlm.corpora.real_tasks import prepare_real_multitask
+    from speechlm.corpora.synth_tasks import build_multitask_corpus
+    from speechlm.evaluation.per_task import evaluate_tasks
+    from speechlm.training.loop import train
 
     t0 = time.time()
     run, data = Path(out), Path(out) / "data"
@@ -76,7 +76,7 @@ def train_asr_control(cfg, multitask_ckpt: Path, out: Path) -> Path:
     import dataclasses
     import json
 
-    from speechlm.train import train
+    from speechlm.training.loop import train
 
     stages = [dict(s) for s in cfg.train.stages]
     fork = 0

@@ -508,7 +508,7 @@ def _command(p: dict[str, Any], wav: str) -> list[str]:
 
 def _engine_audio(voice: Voice, text: str, rate: float, pitch: float | None, tmp_dir: str | Path) -> tuple[np.ndarray, int]:
     """Run the engine on ``text``; ``(float32 mono samples, engine sample rate)``, untrimmed. Both corpus
-    builders (this one and speechlm.data.synth_tasks) render through here."""
+    builders (this one and speechlm.corpora.synth_tasks) render through here."""
     fd, wav = tempfile.mkstemp(suffix=".wav", dir=tmp_dir)
     os.close(fd)
     try:

@@ -14,19 +14,19 @@ from speechlm.utils import real_data_root
 
 
 def _synthetic(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 200, seed: int = 0) -> dict[str, Path]:
-    from speechlm.data.synth import build_synthetic_corpus
+    from speechlm.corpora.synth import build_synthetic_corpus
 
     return {"train": build_synthetic_corpus(out, n_utterances=n, seed=seed, workers=workers, progress=progress)}
 
 
 def _multitask(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 400, seed: int = 0) -> dict[str, Path]:
-    from speechlm.data.synth_tasks import build_multitask_corpus
+    from speechlm.corpora.synth_tasks import build_multitask_corpus
 
     return {"train": build_multitask_corpus(out, n_utterances=n, seed=seed, workers=workers, progress=progress)}
 
 
 def _real(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 0, seed: int = 0) -> dict[str, Path]:
-    from speechlm.data.real import prepare_real_splits
+    from speechlm.corpora.real import prepare_real_splits
 
     root = src or real_data_root()
     if root is None:
@@ -35,7 +35,7 @@ def _real(src: Path | None, out: Path, workers: int = 2, progress: bool = True, 
 
 
 def _real_multitask(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 0, seed: int = 0) -> dict[str, Path]:
-    from speechlm.data.real_tasks import prepare_real_multitask
+    from speechlm.corpora.real_tasks import prepare_real_multitask
 
     root = src or real_data_root()
     if root is None:
@@ -62,12 +62,20 @@ GENERATED: dict[str, Callable[..., dict[str, Path]]] = {"synthetic": _synthetic,
                                                          "real-multitask": _real_multitask, "manifest": _manifest}
 
 
+GENERATED_DOCS: dict[str, str] = {
+    "synthetic": "Debian TTS voices (espeak-ng, flite), labelled gender/rate/pitch",
+    "multitask": "TTS corpus for ASR+X: style classes, exact word timestamps, questions, intents, keywords",
+    "real-multitask": "the shared real speech with every task label, split by speaker (device, folder or clip where no speaker)",
+    "real": "the shared real-speech folder, split by speaker",
+    "manifest": "an existing JSONL manifest (validated; then --shards / --features)",
+}
+"""One line per generated corpus (``speechlm ls corpora``)."""
+
+
 def corpora() -> dict[str, Callable[..., dict[str, Path]]]:
     """All corpus recipes by name: generated ones plus the corpus layouts of speechlm.corpora."""
-    try:
-        from speechlm.corpora import CORPORA
-    except ImportError:
-        CORPORA = {}
+    from speechlm.corpora import CORPORA
+
     return {**GENERATED, **CORPORA}
 
 
@@ -109,7 +117,7 @@ def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", sha
             raise FileNotFoundError(f"{corpus}: source {src or '(none)'} not found: give SRC, the corpus root as downloaded")
         paths = recipes[corpus](src_path, out_dir, workers=workers)
     if answer_questions:
-        from speechlm.data.chat_targets import answer_questions as answer
+        from speechlm.corpora.chat_targets import answer_questions as answer
 
         paths = {split: answer(path, path, llm=llm) for split, path in paths.items()}
     for split, path in paths.items():
@@ -121,7 +129,7 @@ def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", sha
             index = write_shards(path, out_dir / "shards" / split, max_cuts_per_shard=shards, workers=workers)
             print(f"{split}\tshards: {index}", flush=True)
     if features:
-        from speechlm.data.features import cache_features
+        from speechlm.model.features import cache_features
 
         for split, path in paths.items():
             manifest = cache_features(path, encoder, out_dir / "features" / split)

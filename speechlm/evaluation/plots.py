@@ -1,6 +1,6 @@
 """Multi-task evaluation plots: a radar chart of systems over tasks, and an annotated confusion matrix.
 
-Like :func:`speechlm.report.plot_loss_curve`, both draw on matplotlib's Agg canvas (no pyplot global
+Like :func:`speechlm.evaluation.report.plot_loss_curve`, both draw on matplotlib's Agg canvas (no pyplot global
 state, no display) and write the PNG atomically via :func:`speechlm.utils.atomic_open`.
 """
 
@@ -35,10 +35,10 @@ def metric_direction(task: str) -> bool | None:
     """True if a larger value is better for this axis key, False if smaller, None if unknown.
 
     Looks the metric part of the key (see :func:`_metric_name`) up in
-    :data:`speechlm.metrics.HIGHER_IS_BETTER` and :data:`speechlm.taskmetrics.TASK_HIGHER_IS_BETTER`.
+    :data:`speechlm.evaluation.metrics.HIGHER_IS_BETTER` and :data:`speechlm.evaluation.taskmetrics.TASK_HIGHER_IS_BETTER`.
     """
-    from speechlm.metrics import HIGHER_IS_BETTER
-    from speechlm.taskmetrics import TASK_HIGHER_IS_BETTER
+    from speechlm.evaluation.metrics import HIGHER_IS_BETTER
+    from speechlm.evaluation.taskmetrics import TASK_HIGHER_IS_BETTER
 
     table = {**TASK_HIGHER_IS_BETTER, **HIGHER_IS_BETTER}
     name = _metric_name(task)
@@ -196,7 +196,7 @@ def confusion_matrix_png(
     Cells show the raw counts; colours are row-normalized (each row divided by its total, i.e. recall
     per reference class), so rare and frequent classes are equally readable. ``col_labels`` defaults to
     ``labels``, plus ``"(other)"`` when the matrix has one column more than there are labels (the shape
-    :func:`speechlm.taskmetrics.accuracy_f1` returns).
+    :func:`speechlm.evaluation.taskmetrics.accuracy_f1` returns).
     """
     import numpy as np
 
@@ -204,7 +204,7 @@ def confusion_matrix_png(
     if m.shape[0] != len(labels):
         raise ValueError(f"matrix has {m.shape[0]} rows but {len(labels)} labels")
     if col_labels is None:
-        from speechlm.taskmetrics import OTHER
+        from speechlm.evaluation.taskmetrics import OTHER
 
         col_labels = list(labels) + ([OTHER] if m.shape[1] == len(labels) + 1 else [])
     if m.shape[1] != len(col_labels):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from speechlm.data.manifest import Cut, ManifestError
-from speechlm.tasks import Task, get_task
+from speechlm.tasks.record import Task, get_task
 
 
 def parse_task_weights(specs: list[str]) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Metrics for multi-task evaluation: closed-set labels, timestamped ASR, and free-text answers.
 
-Every entry of :data:`TASK_METRICS` has the same shape as :data:`speechlm.metrics.METRICS`:
+Every entry of :data:`TASK_METRICS` has the same shape as :data:`speechlm.evaluation.metrics.METRICS`:
 ``fn(refs, hyps, normalize=True, **kw) -> dict``, where the dict always holds
 
 * the registry key itself, as the *headline* number (so report tables keyed by metric name work), and
@@ -41,14 +41,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jiwer
 
+from speechlm.evaluation.wer import normalize_english as _normalize_english
+
 
 
 def normalize_english(text: Any) -> str:
-    """Whisper's English normalizer (speechlm.metrics). Imported on call: speechlm.metrics registers this
-    module's metrics when it loads, so importing it at module level here would be circular."""
-    from speechlm.metrics import normalize_english as normalize
-
-    return normalize(text)
+    """Whisper's English normalizer (:func:`speechlm.evaluation.wer.normalize_english`)."""
+    return _normalize_english(text)
 
 __all__ = [
     "OTHER",
@@ -260,7 +259,7 @@ def timestamps(refs: Sequence[str | None], hyps: Sequence[str | None], normalize
 
     Both sides are parsed with :func:`parse_timestamps` and normalized word by word (see
     :func:`_norm_words`; numbers spelled over several words are therefore not merged as in
-    :func:`speechlm.metrics.wer_details`, but identically on both sides). Words are aligned with jiwer's
+    :func:`speechlm.evaluation.metrics.wer_details`, but identically on both sides). Words are aligned with jiwer's
     minimum-edit alignment; only *matched* words (hits, not substitutions) that carry a stamp on both
     sides count for the boundary error: per word ``(|start_ref - start_hyp| + |end_ref - end_hyp|) / 2``,
     averaged over words, in milliseconds.
@@ -444,7 +443,7 @@ TASK_METRICS: dict[str, Callable[..., dict[str, Any]]] = {
     "rouge_l": rouge_l,
     "keyword_f1": keyword_f1,
 }
-"""Same call shape as :data:`speechlm.metrics.METRICS` (``fn(refs, hyps, normalize=True)``); merge with
+"""Same call shape as :data:`speechlm.evaluation.metrics.METRICS` (``fn(refs, hyps, normalize=True)``); merge with
 ``METRICS.update(TASK_METRICS)``. ``accuracy_f1`` also takes ``labels=`` (the task's closed label set)."""
 
 TASK_HIGHER_IS_BETTER: dict[str, bool] = {
@@ -460,4 +459,4 @@ TASK_HIGHER_IS_BETTER: dict[str, bool] = {
     "keyword_f1": True,
     "micro_f1": True,
 }
-"""Direction of each headline / breakdown key, to merge into :data:`speechlm.metrics.HIGHER_IS_BETTER`."""
+"""Direction of each headline / breakdown key, to merge into :data:`speechlm.evaluation.metrics.HIGHER_IS_BETTER`."""

@@ -5,7 +5,7 @@ carries a transcript plus labels that hold *by construction*, because the builde
 the synthesiser (or applied them to the waveform) itself:
 
 * **voice** - ``speaker`` (``engine:voice``), ``gender`` (what the voice is designed to sound like),
-  ``engine``, ``voice_family``, ``accent`` (see :mod:`speechlm.data.synth`).
+  ``engine``, ``voice_family``, ``accent`` (see :mod:`speechlm.corpora.synth`).
 * **speaking style** (for speaking-style recognition) - ``rate_class`` in ``slow / normal / fast``
   (engine speaking rate 0.7 / 1.0 / 1.4 of its default, +-4 %), ``pitch_class`` in
   ``low / normal / high`` (espeak-ng ``-p`` 18 / 50 / 82 (+-3), flite F0 target 0.8 / 1.0 / 1.25 of the
@@ -28,7 +28,7 @@ the synthesiser (or applied them to the waveform) itself:
   alone have citation-form prosody, so these utterances are slower and more staccato than natural
   speech. The other utterances are synthesised whole (``synthesis == "whole"``, natural
   coarticulation, no ``words``).
-* **kind** - ``"sentence"`` (:data:`speechlm.data.synth.SENTENCES`), ``"question"`` (a spoken
+* **kind** - ``"sentence"`` (:data:`speechlm.corpora.synth.SENTENCES`), ``"question"`` (a spoken
   factual question from :data:`QUESTIONS`, with its ``answer``, for speech-to-text chat) or
   ``"command"`` (SLU: ``intent`` from :data:`INTENTS`, ``slots`` ``{name: value}`` and ``keywords``,
   the slot values in spoken order; every value occurs verbatim in ``text``). ``question`` is true when
@@ -61,7 +61,7 @@ import soxr
 
 from speechlm.data.audio import write_audio
 from speechlm.data.manifest import write_manifest
-from speechlm.data.synth import (  # private helpers reused on purpose (see the module docstring of synth)
+from speechlm.corpora.synth import (  # private helpers reused on purpose (see the module docstring of synth)
     _pick_voice,
     _ESPEAK_DEFAULT_WPM,
     _NAMES,
@@ -117,7 +117,7 @@ _KIND_BLOCK = 20  # kinds and synthesis modes are balanced within blocks of this
 _TAG_UTT, _TAG_KIND, _TAG_MODE, _TAG_RATE, _TAG_PITCH, _TAG_LOUD, _TAG_SENT, _TAG_QUEST, _TAG_INTENT = range(
     101, 110)
 
-from speechlm.data.synth_questions import QUESTIONS  # noqa: E402  (the embedded question list)
+from speechlm.corpora.synth_questions import QUESTIONS  # noqa: E402  (the embedded question list)
 
 # ---------------------------------------------------------------------------------------------
 # Commands (SLU): intents, templates and slot values. A slot option is (what is said, slot value);
