@@ -7,6 +7,8 @@ tiny backbones (tests), ``smol`` the real Whisper tiny.en + SmolLM2-135M-Instruc
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -61,10 +63,14 @@ def build_speechlm(cfg: ModelConfig, seed: int = 0) -> SpeechLM:
     if cfg.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 
-        llm = get_peft_model(llm, LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.lora_targets), bias="none",
-        ))
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated `is_gradient_checkpointing` alias (peft_model.py); the
+            # FutureWarning is about peft's code, not the user's, so exactly that one is silenced here.
+            warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            llm = get_peft_model(llm, LoraConfig(
+                r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                target_modules=list(cfg.lora_targets), bias="none",
+            ))
     if cfg.adapter not in ADAPTERS:
         raise KeyError(f"unknown adapter {cfg.adapter!r}; choose from {', '.join(ADAPTERS)}")
     torch.manual_seed(seed)  # adapter init depends on the seed only, not on what loaded before
