@@ -17,12 +17,20 @@ machine with no downloaded corpus. What it controls, and therefore what its labe
   control, so its ``pitch`` is null.
 * ``text`` is the exact string sent to the engine: plain words, numbers spelled out, so the
   transcript matches what is said (apart from the engines' own mispronunciations).
+* ``text_kind`` (only with ``text_source="mixed"``): ``words`` (a random string of common English
+  words), ``facts`` / ``lorem`` (faker sentences) or ``everyday`` (this module's sentences and
+  templates); see :mod:`speechlm.corpora.text_sources`. The default ``"templates"`` source is the
+  embedded sentence list plus slot templates below: a small vocabulary an LLM can learn to guess.
+* ``augment`` (only with ``augment=True`` or a config): what :mod:`speechlm.corpora.augment` did to
+  the clean clip, e.g. ``"speed0.9+rir0.45s+noise20dB"`` or ``"none"``; ``augment_params`` holds the
+  values (speed factor, RT60 s, direct-to-reverberant ratio dB, SNR dB, noise colour).
 
-Audio is trimmed of leading/trailing silence (keeping 0.1 s), peak-normalised and written as 16 kHz
-mono 16-bit FLAC. Everything is a function of the seed: the plan of utterance ``i`` depends only on
+Audio is trimmed of leading/trailing silence (keeping 0.1 s), augmented if asked, peak-normalised and
+written as 16 kHz mono 16-bit FLAC. Everything is a function of the seed: the plan of utterance ``i`` depends only on
 ``(seed, i)`` and earlier utterances, so a larger ``n_utterances`` extends a smaller corpus, and a
-re-run skips files that already exist (each file name carries a hash of its text and voice settings,
-so a changed plan never reuses stale audio).
+re-run skips files that already exist (each file name carries a hash of its text, voice settings and
+augmentation, so a changed plan never reuses stale audio). With ``text_source="mixed"`` utterance ``i``
+depends on ``(seed, i)`` alone.
 """
 
 from __future__ import annotations
@@ -32,20 +40,23 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import soundfile as sf
 import soxr
 
+from speechlm.corpora.augment import AugmentConfig, AugmentPlan, apply_augment, plan_augment
+from speechlm.corpora.text_sources import make_text, pick_text_kind
 from speechlm.data.audio import write_audio
 from speechlm.data.manifest import write_manifest
 from speechlm.utils import write_json
 
-__all__ = ["Voice", "available_voices", "build_synthetic_corpus", "SENTENCES"]
+__all__ = ["Voice", "available_voices", "build_synthetic_corpus", "synthetic_texts", "SENTENCES", "TEXT_SOURCES"]
 
 SAMPLE_RATE = 16000
 
@@ -461,8 +472,36 @@ def _pick_voice(rng: np.random.Generator, genders: list, by_gender_engine: dict)
     return pool[rng.integers(len(pool))]
 
 
-def _plan(n: int, seed: int, voices: list[Voice]) -> list[dict[str, Any]]:
-    """Deterministic plan: utterance i depends on (seed, i) and on how many fixed sentences came before."""
+TEXT_SOURCES = ("templates", "mixed")
+"""``templates``: the fixed :data:`SENTENCES` (shuffled passes) and slot templates, as always;
+``mixed``: broad, unguessable text from :mod:`speechlm.corpora.text_sources` (random word strings,
+faker sentences) with the fixed sentences and templates as its ``everyday`` kind."""
+
+# Extra random streams per utterance: np.random.default_rng([seed, i, tag]). The main stream
+# default_rng([seed, i]) keeps exactly the draws it always had, so "templates" plans are unchanged.
+_TAG_TEXT, _TAG_AUGMENT = 1, 2
+
+
+def _everyday(rng: np.random.Generator) -> str:
+    """One fixed sentence or template sentence, drawn independently (the ``mixed`` source's everyday kind)."""
+    if rng.random() < 0.3:
+        return _template_sentence(rng)
+    return SENTENCES[int(rng.integers(len(SENTENCES)))]
+
+
+def _check_text_options(text_source: str, random_word_share: float) -> None:
+    if text_source not in TEXT_SOURCES:
+        raise ValueError(f"text_source must be one of {list(TEXT_SOURCES)}, got {text_source!r}")
+    if not 0.0 <= random_word_share <= 1.0:
+        raise ValueError(f"random_word_share must be in [0, 1], got {random_word_share}")
+
+
+def _plan(n: int, seed: int, voices: list[Voice], text_source: str = "templates", random_word_share: float = 0.3,
+          sentence_mix: Mapping[str, float] | None = None, augment: AugmentConfig | None = None) -> list[dict[str, Any]]:
+    """Deterministic plan. With ``text_source="templates"`` utterance i depends on (seed, i) and on how
+    many fixed sentences came before; with ``"mixed"`` on (seed, i) alone. ``augment`` adds an
+    :class:`~speechlm.corpora.augment.AugmentPlan` per utterance, from its own stream."""
+    _check_text_options(text_source, random_word_share)
     by_gender_engine: dict[tuple[str, str], list[Voice]] = {}
     for v in voices:
         by_gender_engine.setdefault((v.gender, v.engine), []).append(v)
@@ -472,7 +511,13 @@ def _plan(n: int, seed: int, voices: list[Voice]) -> list[dict[str, Any]]:
     plans = []
     for i in range(n):
         rng = np.random.default_rng([seed, i])
-        if rng.random() < 0.3:
+        is_template = rng.random() < 0.3  # drawn for both sources, so voices and rates match across them
+        kind = None
+        if text_source == "mixed":
+            trng = np.random.default_rng([seed, i, _TAG_TEXT])
+            kind = pick_text_kind(trng, random_word_share, sentence_mix)
+            text = make_text(kind, trng, everyday=_everyday)
+        elif is_template:
             text = _template_sentence(rng)
         else:
             if used >= len(sentence_order):  # next pass through the fixed sentences, freshly shuffled
@@ -480,17 +525,33 @@ def _plan(n: int, seed: int, voices: list[Voice]) -> list[dict[str, Any]]:
                     len(SENTENCES)).tolist()
             text = SENTENCES[sentence_order[used]]
             used += 1
+        aug = plan_augment(np.random.default_rng([seed, i, _TAG_AUGMENT]), augment) if augment is not None else None
         voice = _pick_voice(rng, genders, by_gender_engine)
-        # Keep long sentences from going past _MAX_SECONDS at slow rates: raise the floor of the rate.
+        # Keep long sentences from going past _MAX_SECONDS at slow rates: raise the floor of the rate
+        # (a slower speed perturbation and a reverberant tail lengthen the clip, so they count too).
+        scale, extra = aug.length_factor() if aug is not None else (1.0, 0.0)
         words = len(text.split())
-        lo = max(_RATE_RANGE[0], min(_RATE_RANGE[1], words / (_WORDS_PER_SEC * (_MAX_SECONDS - 1.0))))
+        lo = max(_RATE_RANGE[0], min(_RATE_RANGE[1], words * scale / (_WORDS_PER_SEC * (_MAX_SECONDS - 1.0 - extra))))
         rate = round(float(rng.uniform(lo, _RATE_RANGE[1])), 3)
         pitch = None
         if voice.pitch_range is not None:
             pitch = float(rng.uniform(*voice.pitch_range))
             pitch = int(round(pitch)) if voice.engine == "espeak-ng" else round(pitch, 1)
-        plans.append({"index": i, "text": text, "voice": voice, "rate": rate, "pitch": pitch})
+        p = {"index": i, "text": text, "voice": voice, "rate": rate, "pitch": pitch}
+        if kind is not None:
+            p["text_kind"] = kind
+        if aug is not None:
+            p["augment"] = aug
+        plans.append(p)
     return plans
+
+
+def synthetic_texts(n: int, seed: int = 0, text_source: str = "templates", random_word_share: float = 0.3,
+                    sentence_mix: Mapping[str, float] | None = None) -> list[str]:
+    """The transcripts :func:`build_synthetic_corpus` would synthesise, without synthesising them
+    (texts do not depend on the installed voices): for coverage checks and corpus previews."""
+    dummy = [Voice("espeak-ng", "en-us+m1", "male", "en-us", "espeak-ng:m1", None)]
+    return [p["text"] for p in _plan(n, seed, dummy, text_source, random_word_share, sentence_mix)]
 
 
 def _command(p: dict[str, Any], wav: str) -> list[str]:
@@ -546,6 +607,9 @@ def _synthesize(p: dict[str, Any], path: Path, tmp_dir: Path) -> float:
     if sr != SAMPLE_RATE:
         x = soxr.resample(x, sr, SAMPLE_RATE, quality="HQ")
     x = _trim(x, SAMPLE_RATE)
+    aug: AugmentPlan | None = p.get("augment")
+    if aug is not None:
+        x = apply_augment(x, SAMPLE_RATE, aug)  # after trimming, so room tail and noise stay in the clip
     peak = float(np.abs(x).max()) if x.size else 0.0
     if peak > 0:
         x = x * (0.9 / peak)  # engines differ by ~10 dB in level; normalise so level is not a voice cue
@@ -559,34 +623,60 @@ def build_synthetic_corpus(
     seed: int = 0,
     workers: int = 2,
     progress: bool = True,
+    *,
+    text_source: str = "templates",
+    random_word_share: float = 0.3,
+    sentence_mix: Mapping[str, float] | None = None,
+    augment: bool | AugmentConfig = False,
 ) -> Path:
     """Synthesise ``n_utterances`` sentences into ``out_dir`` and return the manifest path.
 
     Writes ``out_dir/audio/*.flac`` (16 kHz mono), ``out_dir/manifest.jsonl`` (toolkit schema, audio
     paths relative to ``out_dir``, labels ``speaker``, ``gender``, ``engine``, ``voice_family``,
-    ``accent``, ``rate``, ``rate_wpm``, ``pitch``, ``pitch_unit``, ``language``) and
+    ``accent``, ``rate``, ``rate_wpm``, ``pitch``, ``pitch_unit``, ``language``; with
+    ``text_source="mixed"`` also ``text_kind``; with ``augment`` also ``augment``, e.g.
+    ``"speed0.9+rir0.45s+noise20dB"`` or ``"none"``, and ``augment_params``) and
     ``out_dir/corpus.json`` (settings and counts). Files that already exist are not re-rendered.
 
     Args:
         out_dir: destination folder (created).
         n_utterances: how many utterances.
-        seed: everything (texts, voices, rates, pitches) is determined by it.
+        seed: everything (texts, voices, rates, pitches, augmentation) is determined by it.
         workers: parallel synthesis jobs (the engines run as subprocesses, so threads suffice).
         progress: show a tqdm progress bar.
+        text_source: ``"templates"`` (default: the fixed sentences and slot templates) or ``"mixed"``
+            (broad-vocabulary text the LLM cannot guess, :mod:`speechlm.corpora.text_sources`).
+        random_word_share: with ``"mixed"``, the share of random word strings (top-20k English words).
+        sentence_mix: with ``"mixed"``, weights of the other kinds (``facts``, ``lorem``,
+            ``everyday``); default :data:`~speechlm.corpora.text_sources.DEFAULT_SENTENCE_MIX`.
+        augment: False (clean TTS), True (default :class:`~speechlm.corpora.augment.AugmentConfig`:
+            speed 0.9/1.1, room reverberation, noise, each with its probability) or a config.
 
     Raises:
+        ValueError: an unknown ``text_source`` or a share/weight out of range.
         RuntimeError: no TTS engine installed (message says ``apt-get install espeak-ng flite``), or an
             engine failed on an utterance.
     """
+    _check_text_options(text_source, random_word_share)
+    if augment is True:
+        aug_cfg: AugmentConfig | None = AugmentConfig()
+    elif augment is False or augment is None:
+        aug_cfg = None
+    elif isinstance(augment, AugmentConfig):
+        aug_cfg = augment
+    else:
+        raise TypeError(f"augment must be a bool or an AugmentConfig, got {type(augment).__name__}")
     out = Path(out_dir)
     audio_dir = out / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
     voices = available_voices()
-    plans = _plan(n_utterances, seed, voices)
+    plans = _plan(n_utterances, seed, voices, text_source, random_word_share, sentence_mix, aug_cfg)
     paths = []
     for p in plans:
         v = p["voice"]
         key = f"{p['text']}|{v.speaker}|{p['rate']}|{p['pitch']}|{SAMPLE_RATE}"
+        if p.get("augment") is not None:
+            key += f"|{p['augment'].key}"  # clean clips keep the names they always had
         digest = hashlib.sha1(key.encode()).hexdigest()[:8]
         p["id"] = f"synth-s{seed}-{p['index']:05d}"
         paths.append(audio_dir / f"{p['id']}-{digest}.flac")
@@ -627,9 +717,13 @@ def build_synthetic_corpus(
             "pitch": p["pitch"],
             "pitch_unit": "espeak-0-99" if v.engine == "espeak-ng" else ("hz" if p["pitch"] is not None else None),
         })
+        if "text_kind" in p:
+            records[-1]["text_kind"] = p["text_kind"]
+        if p.get("augment") is not None:
+            records[-1].update(p["augment"].labels())
     manifest = out / "manifest.jsonl"
     write_manifest(manifest, records)
-    write_json(out / "corpus.json", {
+    info: dict[str, Any] = {
         "seed": seed,
         "n_utterances": n_utterances,
         "sample_rate": SAMPLE_RATE,
@@ -637,5 +731,14 @@ def build_synthetic_corpus(
         "speakers": sorted({r["speaker"] for r in records}),
         "genders": {g: sum(r["gender"] == g for r in records) for g in ("male", "female")},
         "engines": {e: sum(r["engine"] == e for r in records) for e in ("espeak-ng", "flite")},
-    })
+    }
+    if text_source != "templates":
+        info["text_source"] = {"name": text_source, "random_word_share": random_word_share,
+                               "sentence_mix": dict(sentence_mix) if sentence_mix is not None else None,
+                               "kinds": dict(Counter(r["text_kind"] for r in records))}
+    if aug_cfg is not None:
+        applied = Counter(e for r in records for e in r["augment_params"] if e in ("speed", "rt60", "snr_db"))
+        info["augment"] = {"config": asdict(aug_cfg), "clips_with": {"speed": applied["speed"], "rir": applied["rt60"],
+                           "noise": applied["snr_db"]}, "clean": sum(r["augment"] == "none" for r in records)}
+    write_json(out / "corpus.json", info)
     return manifest
