@@ -53,6 +53,15 @@ class ModelConfig:
     """Placeholder token in the chat prompt that is replaced by the adapter's output frames."""
     max_audio_seconds: float = 30.0
     """Longest clip accepted (Whisper positional embeddings cover 30 s)."""
+    adapter_out_norm: bool = False
+    """End the adapter with an RMSNorm whose gain starts at the RMS of the LLM's token embeddings, so audio
+    frames enter the LLM at the scale of its own inputs (Ultravox normalises its projector output the same way)."""
+    ctc_head: bool = False
+    """Add a CTC head that scores adapter frames against the LLM's frozen token embeddings plus a learned blank
+    (speechlm.model.ctc): trained by train.ctc_weight / a stage's `ctc`, decoded for the greedy-CTC WER."""
+    compress_audio: bool = False
+    """Feed the LLM only the non-blank CTC frames, each run of one token averaged into one frame (Soundwave);
+    needs ctc_head. Shorter LLM inputs, but paralinguistic cues in the dropped frames are lost."""
 
 
 @dataclass
@@ -116,8 +125,11 @@ class TrainConfig:
     seed: int = 0
     """Seed for weights, sampler and instruction choice."""
     stages: list[dict] = field(default_factory=list)
-    """Curriculum stage table: rows of {steps, tasks: [name or name:weight], trainable: adapter[+lora][+encoder]};
+    """Curriculum stage table: rows of {steps, tasks: [name or name:weight], trainable: adapter[+lora][+encoder],
+    lm: LM-loss weight (default 1; 0 skips the LLM forward), ctc: CTC weight (default train.ctc_weight)};
     steps must add up to max_steps. Empty: one stage with data.task / data.tasks. The stage is checkpointed."""
+    ctc_weight: float = 0.0
+    """Weight of the CTC alignment loss beside the LM loss (needs model.ctc_head; Soundwave uses 0.3)."""
     log_every: int = 5
     """Write a log line (JSONL + TensorBoard) every N optimizer steps."""
     save_every: int = 100
@@ -140,6 +152,9 @@ class DemoConfig:
     """Cap on training clips per real source in ../shared/data/real (0: no cap)."""
     eval_per_subset: int = 60
     """Held-out clips scored per subset (ASR demo) or per task (multi-task demo); 0: all."""
+    features: bool = False
+    """Run the frozen encoder once over the training clips before training (speechlm.model.features) and train
+    from its cached outputs; the caching time is reported apart from training time."""
     asr_control: bool = True
     """Multi-task recipes: also train the same recipe on ASR alone for the same steps (forked where the stage
     table stops being ASR-only) and report its WER beside the multi-task model's (OSUM / SpeechVerse check)."""

@@ -46,7 +46,8 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
     synthetic = d.synthetic if synthetic < 0 else synthetic
     real_per_source = d.real_per_source if real_per_source < 0 else real_per_source
     eval_per_subset = d.eval_per_subset if eval_per_subset < 0 else eval_per_subset
-    if recipe_cfg.train.stages or recipe_cfg.data.tasks:  # a multi-task recipe: ASR+X data, curriculum, per-task report
+    stage_tasks = {t.split(":")[0] for row in recipe_cfg.train.stages for t in ([row.get("tasks")] if isinstance(row.get("tasks"), str) else row.get("tasks") or [])}
+    if recipe_cfg.data.tasks or stage_tasks - {"asr"}:  # a multi-task recipe: ASR+X data, curriculum, per-task report
         from speechlm.demos.multitask import demo_tasks
 
         return demo_tasks(recipe, out, minutes, synthetic, real_per_source, eval_per_subset, seed)
@@ -54,7 +55,7 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
     from speechlm.corpora.real import prepare_real_splits
     from speechlm.corpora.synth import build_synthetic_corpus
     from speechlm.evaluation.asr import score_systems
-    from speechlm.inference.transcribe import Transcriber, WhisperBaseline
+    from speechlm.inference.transcribe import CTCTranscriber, Transcriber, WhisperBaseline
     from speechlm.model.builders import build_speechlm
     from speechlm.tasks import get_task
     from speechlm.checkpoint import load_checkpoint
@@ -85,23 +86,36 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
     write_manifest(data / "val.jsonl", val)
     print(f"[speechlm demo] {len(train_cuts)} training clips ({sum(c.duration for c in train_cuts) / 60:.1f} min of audio); "
           f"eval subsets: {', '.join(f'{k} ({len(v)})' for k, v in subsets.items())}", flush=True)
+    timing = {"data_min": (time.time() - t0) / 60}
+    train_manifest = data / "train.jsonl"
+    if d.features:
+        from speechlm.model.features import cache_features
+
+        t1 = time.time()
+        print("[speechlm demo] caching the frozen encoder's outputs for the training clips", flush=True)
+        train_manifest = cache_features(train_manifest, recipe_cfg.model.encoder, data / "features")
+        timing["features_min"] = (time.time() - t1) / 60
 
     print(f"[speechlm demo] 2/3 training {steps} steps" + (f", at most {minutes:g} min" if minutes else ""), flush=True)
-    cfg = load_recipe(recipe, [f"data.train_manifest={data / 'train.jsonl'}", f"data.val_manifest={data / 'val.jsonl'}",
+    cfg = load_recipe(recipe, [f"data.train_manifest={train_manifest}", f"data.val_manifest={data / 'val.jsonl'}",
                                f"train.out_dir={run}", f"train.max_minutes={minutes}", f"train.max_steps={steps}",
                                f"train.seed={seed}"])
+    t1 = time.time()
     ckpt = train(cfg)
+    timing["train_min"] = (time.time() - t1) / 60
 
     print("[speechlm demo] 3/3 evaluation on held-out clips", flush=True)
     model, cfg, _ = load_checkpoint(ckpt)
     task = get_task(cfg.data.task)
     systems = {
         "speechlm (trained)": Transcriber(model, task, max_new_tokens=64),
+        **({"speechlm greedy CTC (no LLM)": CTCTranscriber(model)} if model.ctc is not None else {}),
         "speechlm (untrained)": Transcriber(build_speechlm(cfg.model, seed=seed), task, max_new_tokens=64),
         "whisper tiny.en decoder": WhisperBaseline(),
     }
     summary = score_systems(systems, subsets, task.name, task.metric, run, title="Demo: WER (%) on held-out clips, lower is better")
-    summary["demo"] = {"minutes_total": (time.time() - t0) / 60, "train_clips": len(train_cuts), "checkpoint": str(ckpt),
+    timing["eval_min"] = (time.time() - t1) / 60 - timing["train_min"]
+    summary["demo"] = {"minutes_total": (time.time() - t0) / 60, **timing, "train_clips": len(train_cuts), "checkpoint": str(ckpt),
                        "eval_clips": {k: len(v) for k, v in subsets.items()}}
     write_json(run / "demo.json", summary["demo"])
     print(f"[speechlm demo] done in {(time.time() - t0) / 60:.1f} min. Run folder: {run} "

@@ -68,7 +68,7 @@ def evaluate(manifest: list[str] = (), out: str = "runs/eval", checkpoint: str =
     max_per_task: with --tasks, score a fixed random subset of at most this many clips per task (0: all).
     device: cpu or cuda.
     """
-    from speechlm.inference.transcribe import Transcriber, WhisperBaseline
+    from speechlm.inference.transcribe import CTCTranscriber, Transcriber, WhisperBaseline
     from speechlm.tasks import get_task
 
     if not manifest:
@@ -87,6 +87,8 @@ def evaluate(manifest: list[str] = (), out: str = "runs/eval", checkpoint: str =
                                          batch_size=batch_size, held_out_instructions=held_out_instructions)
         task_rec = tr.task
         systems["speechlm (trained)"] = tr
+        if tr.model.ctc is not None and task_rec.target == "text":  # what the adapter alone hears, no LLM
+            systems["speechlm greedy CTC (no LLM)"] = CTCTranscriber(tr.model, batch_size=batch_size)
         if untrained:
             from speechlm.model.builders import build_speechlm
             from speechlm.checkpoint import load_checkpoint

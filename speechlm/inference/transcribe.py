@@ -66,6 +66,30 @@ class Transcriber:
         return out
 
 
+class CTCTranscriber:
+    """The greedy CTC transcript of the adapter's frames (speechlm.model.ctc): what the audio path alone hears,
+    with no LLM forward. Needs a model trained with ``model.ctc_head``."""
+
+    def __init__(self, model: SpeechLM, batch_size: int = 8):
+        if model.ctc is None:
+            raise ValueError("CTCTranscriber needs a model with a CTC head (model.ctc_head=true)")
+        self.model = model.eval()
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, waves: Sequence[np.ndarray]) -> list[str]:
+        from speechlm.model.ctc import greedy_decode
+
+        device = next(self.model.adapter.parameters()).device
+        out: list[str] = []
+        for s in range(0, len(waves), self.batch_size):
+            batch = [torch.as_tensor(np.asarray(w, dtype=np.float32), device=device) for w in waves[s:s + self.batch_size]]
+            audio, lengths = self.model.adapt(batch)  # [B, A, H], [B]
+            for toks in greedy_decode(self.model.ctc(audio), lengths, self.model.ctc.blank_id):
+                out.append(self.model.tokenizer.decode(toks).strip())
+        return out
+
+
 class WhisperBaseline:
     """Whisper's own encoder-decoder (30-s padded input, greedy or beam), behind the Transcriber call."""
 

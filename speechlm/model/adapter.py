@@ -6,7 +6,9 @@ k downsampling factor.
 - ``StackingProjector`` (Ultravox, Fixie.ai 2024): concatenate k consecutive frames, then an MLP.
 - ``ConvDownsampler`` (SpeechVerse, Das et al. 2024; OSUM, Geng et al. 2025): strided conv1d layers of
   stride 2 (log2 k of them), then a linear projection.
-Both map lengths with ``out_lengths`` so padded frames never become audio tokens.
+Both map lengths with ``out_lengths`` so padded frames never become audio tokens. With ``out_norm`` both end
+in an RMSNorm (Ultravox's projector does the same); the builder sets its gain to the RMS of the LLM's token
+embeddings, so audio frames start at the scale of the LLM's own inputs.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from torch import nn
 class StackingProjector(nn.Module):
     """Frame stacking + MLP (Ultravox): k frames concatenated, LayerNorm, Linear-GELU-Linear."""
 
-    def __init__(self, in_dim: int, out_dim: int, k: int = 8, hidden: int = 1024):
+    def __init__(self, in_dim: int, out_dim: int, k: int = 8, hidden: int = 1024, out_norm: bool = False):
         super().__init__()
         self.k = k
         self.norm = nn.LayerNorm(in_dim * k)
         self.proj = nn.Sequential(nn.Linear(in_dim * k, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+        self.out_norm = nn.RMSNorm(out_dim) if out_norm else None
 
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return (lengths + self.k - 1) // self.k
@@ -35,13 +38,14 @@ class StackingProjector(nn.Module):
         pad = (-f) % self.k
         x = nn.functional.pad(x, (0, 0, 0, pad))  # [B, F', D], F' multiple of k
         x = x.reshape(b, (f + pad) // self.k, d * self.k)  # [B, A, D*k]
-        return self.proj(self.norm(x))  # [B, A, H]
+        y = self.proj(self.norm(x))  # [B, A, H]
+        return self.out_norm(y) if self.out_norm is not None else y
 
 
 class ConvDownsampler(nn.Module):
     """Strided conv1d downsampler (SpeechVerse/OSUM): log2(k) stride-2 convs, LayerNorm, Linear."""
 
-    def __init__(self, in_dim: int, out_dim: int, k: int = 4, hidden: int = 1024):
+    def __init__(self, in_dim: int, out_dim: int, k: int = 4, hidden: int = 1024, out_norm: bool = False):
         super().__init__()
         if k < 1 or k & (k - 1):
             raise ValueError(f"conv adapter needs a power-of-two downsample factor, got {k}")
@@ -54,6 +58,7 @@ class ConvDownsampler(nn.Module):
         self.convs = nn.Sequential(*layers)
         self.norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, out_dim)
+        self.out_norm = nn.RMSNorm(out_dim) if out_norm else None
 
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         for _ in range(int(math.log2(self.k))):
@@ -70,7 +75,8 @@ class ConvDownsampler(nn.Module):
                 lengths = (lengths + 1) // 2
                 keep = torch.arange(h.shape[-1], device=h.device)[None, :] < lengths.to(h.device)[:, None]  # [B, A']
                 h = h * keep[:, None, :]
-        return self.proj(self.norm(h.transpose(1, 2)))  # [B, A, H]
+        y = self.proj(self.norm(h.transpose(1, 2)))  # [B, A, H]
+        return self.out_norm(y) if self.out_norm is not None else y
 
 
 ADAPTERS: dict[str, type[nn.Module]] = {"stack": StackingProjector, "conv": ConvDownsampler}

@@ -15,6 +15,7 @@ from torch import nn
 from speechlm.backbones.llm import LLMS, load_llm
 from speechlm.config import ModelConfig
 from speechlm.model.adapter import ADAPTERS
+from speechlm.model.ctc import EmbeddingCTCHead
 from speechlm.model.encoder import SpeechEncoder
 from speechlm.model.speechlm import SpeechLM
 
@@ -74,8 +75,17 @@ def build_speechlm(cfg: ModelConfig, seed: int = 0) -> SpeechLM:
     if cfg.adapter not in ADAPTERS:
         raise KeyError(f"unknown adapter {cfg.adapter!r}; choose from {', '.join(ADAPTERS)}")
     torch.manual_seed(seed)  # adapter init depends on the seed only, not on what loaded before
-    adapter = ADAPTERS[cfg.adapter](encoder.dim, llm.config.hidden_size, k=cfg.downsample, hidden=cfg.adapter_hidden)
-    return SpeechLM(encoder, adapter, llm, tokenizer, audio_token=cfg.audio_token, system_prompt=cfg.system_prompt)
+    adapter = ADAPTERS[cfg.adapter](encoder.dim, llm.config.hidden_size, k=cfg.downsample, hidden=cfg.adapter_hidden,
+                                    out_norm=cfg.adapter_out_norm)
+    embedding = llm.get_input_embeddings()
+    if adapter.out_norm is not None:
+        with torch.no_grad():  # start at the RMS of the LLM's own token embeddings [V, H]
+            adapter.out_norm.weight.fill_(float(embedding.weight.float().pow(2).mean().sqrt()))
+    if cfg.compress_audio and not cfg.ctc_head:
+        raise ValueError("model.compress_audio needs model.ctc_head=true (frames are dropped by their CTC argmax)")
+    ctc = EmbeddingCTCHead(embedding) if cfg.ctc_head else None
+    return SpeechLM(encoder, adapter, llm, tokenizer, audio_token=cfg.audio_token, system_prompt=cfg.system_prompt,
+                    ctc=ctc, compress_audio=cfg.compress_audio)
 
 
 SIZES: dict[str, ModelConfig] = {

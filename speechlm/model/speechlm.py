@@ -44,6 +44,8 @@ class Batch:
     """Answer tokens per clip, ending with the end-of-turn token (None at inference)."""
     frames: list[torch.Tensor] | None = None
     """Cached frozen-encoder outputs, each [F_i, D], used instead of ``waves`` (speechlm prepare --features)."""
+    ctc_targets: list[list[int]] | None = None
+    """Transcript tokens per clip for the CTC alignment loss (no end-of-turn; empty for a clip without text)."""
 
 
 class PromptFormatter:
@@ -71,17 +73,26 @@ class PromptFormatter:
         """Answer tokens followed by the end-of-turn token, so the model learns to stop."""
         return self._ids(answer) + [self.eos_id]
 
+    def ctc_ids(self, transcript: str) -> list[int]:
+        """The transcript's tokens as the CTC target: what is spoken, with no end-of-turn."""
+        return self._ids(transcript.strip())
+
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
 
 class SpeechLM(nn.Module):
     def __init__(self, encoder: nn.Module, adapter: nn.Module, llm: nn.Module, tokenizer, audio_token: str = "<|audio|>",
-                 system_prompt: str = ""):
+                 system_prompt: str = "", ctc: nn.Module | None = None, compress_audio: bool = False):
         super().__init__()
         self.encoder = encoder
         self.adapter = adapter
         self.llm = llm  # a transformers causal LM, possibly wrapped by peft
+        self.ctc = ctc  # optional CTC head over the LLM's embeddings (speechlm.model.ctc)
+        self.compress_audio = compress_audio
+        if compress_audio and ctc is None:
+            raise ValueError("compress_audio needs a CTC head")
+        self.last_losses: dict[str, float] = {}  # the parts of the last forward's loss, for the training log
         self.tokenizer = tokenizer
         self.audio_token = audio_token
         self.formatter = PromptFormatter(tokenizer, audio_token, system_prompt)
@@ -110,7 +121,19 @@ class SpeechLM(nn.Module):
 
     # ---- audio -------------------------------------------------------------------------------------
     def encode_audio(self, waves: list[torch.Tensor], frames: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """waves (or cached encoder frames) -> audio embeddings [B, A, H] and their lengths [B]."""
+        """waves (or cached encoder frames) -> what the LLM sees [B, A, H] and its lengths [B]: the adapter's
+        frames, shrunk by their CTC argmax when ``compress_audio`` is on."""
+        audio, lengths = self.adapt(waves, frames)  # [B, A, H], [B]
+        if self.compress_audio:
+            from speechlm.model.ctc import compress
+
+            with torch.no_grad():
+                logits = self.ctc(audio)  # [B, A, V+1]
+            audio, lengths = compress(audio, logits, lengths, self.ctc.blank_id)  # [B, A', H], [B]
+        return audio, lengths
+
+    def adapt(self, waves: list[torch.Tensor], frames: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """waves (or cached encoder frames) -> adapter output [B, A, H] and its lengths [B]."""
         frozen = not any(p.requires_grad for p in self.encoder.parameters())
         if frames is not None:
             if not frozen:
@@ -155,14 +178,44 @@ class SpeechLM(nn.Module):
         return emb, mask, lab
 
     # ---- training ----------------------------------------------------------------------------------
-    def forward(self, batch: Batch, per_example: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: Batch, per_example: bool = False, lm_weight: float = 1.0,
+                ctc_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed cross-entropy over answer tokens and their count (the caller normalizes globally).
+
+        ``ctc_weight`` > 0 adds the CTC alignment loss of the adapter frames (summed over clips) times that weight;
+        ``lm_weight`` = 0 skips the LLM and returns the weighted CTC sum and the CTC target-token count.
 
         ``per_example``: sum each example's *mean* token loss instead, and count examples. A 2-token label
         then weighs as much as a 100-token timestamped transcript, where token averaging would give the
         label tasks of a multi-task batch a few percent of the gradient (train.loss_norm = example).
         """
-        audio, audio_lengths = self.encode_audio(batch.waves, batch.frames)  # [B, A, H], [B]
+        audio, audio_lengths = self.adapt(batch.waves, batch.frames)  # [B, A, H], [B]
+        ctc_sum, n_ctc = None, 0
+        if ctc_weight > 0:
+            from speechlm.model.ctc import ctc_loss
+
+            if self.ctc is None or batch.ctc_targets is None:
+                raise ValueError("a CTC weight above 0 needs model.ctc_head=true and transcripts in the batch")
+            ctc_sum, n_ctc = ctc_loss(self.ctc(audio), audio_lengths, batch.ctc_targets, self.ctc.blank_id)
+            self.last_losses = {"ctc": float(ctc_sum.detach()), "ctc_tokens": n_ctc}
+        if lm_weight == 0:  # a CTC-only alignment stage: no LLM forward at all
+            if ctc_sum is None:
+                raise ValueError("lm_weight=0 needs ctc_weight > 0")
+            return ctc_sum * ctc_weight, torch.tensor(n_ctc)
+        if self.compress_audio:
+            from speechlm.model.ctc import compress
+
+            with torch.no_grad():
+                logits = self.ctc(audio)  # [B, A, V+1]
+            audio, audio_lengths = compress(audio, logits, audio_lengths, self.ctc.blank_id)
+        lm_sum, n_tok = self._lm_loss(batch, audio, audio_lengths, per_example)
+        if ctc_sum is None:
+            return lm_sum, n_tok
+        self.last_losses["lm"] = float(lm_sum.detach())
+        # both are sums over the batch; the caller divides by the (global) answer-token count
+        return lm_weight * lm_sum + ctc_weight * ctc_sum, n_tok
+
+    def _lm_loss(self, batch: Batch, audio: torch.Tensor, audio_lengths: torch.Tensor, per_example: bool) -> tuple[torch.Tensor, torch.Tensor]:
         emb, mask, labels = self.splice(batch, audio, audio_lengths)  # [B, L, H], [B, L], [B, L]
         hidden = self.decoder(inputs_embeds=emb, attention_mask=mask).last_hidden_state  # [B, L, H]
         nxt = labels[:, 1:]  # [B, L-1] token each position predicts

@@ -107,8 +107,9 @@ def build_mixture(cuts: list[Cut], weights: dict[str, float], temperature: float
 # ---------------------------------------------------------------------------------------------------
 # curriculum
 # ---------------------------------------------------------------------------------------------------
-TRAINABLE_PARTS = ("adapter", "lora", "encoder")
-"""What a stage may train: the adapter, the LLM's LoRA, the encoder's unfrozen top layers (if the model has them)."""
+TRAINABLE_PARTS = ("adapter", "lora", "encoder", "ctc")
+"""What a stage may train: the adapter, the LLM's LoRA, the encoder's unfrozen top layers (if the model has them),
+the CTC head's blank and scale (trained whenever the stage's CTC weight is above 0)."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,10 @@ class Stage:
     """Task names with optional weights (`ser:2`)."""
     trainable: tuple[str, ...]
     """Parts trained in this stage (subset of TRAINABLE_PARTS)."""
+    lm: float = 1.0
+    """Weight of the LM loss; 0 skips the LLM forward entirely (a CTC-only alignment stage)."""
+    ctc: float | None = None
+    """Weight of the CTC alignment loss; None: train.ctc_weight."""
 
 
 def parse_stages(rows: list[dict], max_steps: int, where: str = "train.stages") -> list[Stage]:
@@ -130,9 +135,9 @@ def parse_stages(rows: list[dict], max_steps: int, where: str = "train.stages") 
         at = f"{where}[{i}]"
         if not isinstance(row, dict):
             raise ValueError(f"{at}: expected a mapping with steps, tasks, trainable")
-        unknown = set(row) - {"steps", "tasks", "trainable"}
+        unknown = set(row) - {"steps", "tasks", "trainable", "lm", "ctc"}
         if unknown:
-            raise ValueError(f"{at}: unknown key(s) {sorted(unknown)}; a stage has steps, tasks, trainable")
+            raise ValueError(f"{at}: unknown key(s) {sorted(unknown)}; a stage has steps, tasks, trainable, lm, ctc")
         steps = row.get("steps")
         if not isinstance(steps, int) or steps <= 0:
             raise ValueError(f"{at}.steps: expected a positive integer, got {steps!r}")
@@ -149,7 +154,16 @@ def parse_stages(rows: list[dict], max_steps: int, where: str = "train.stages") 
         bad = [p for p in parts if p not in TRAINABLE_PARTS]
         if bad or not parts:
             raise ValueError(f"{at}.trainable: unknown part(s) {bad}; choose from {'+'.join(TRAINABLE_PARTS)}")
-        stages.append(Stage(steps=steps, tasks=tuple(tasks), trainable=parts))
+        weights = {}
+        for key in ("lm", "ctc"):
+            w = row.get(key)
+            if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0):
+                raise ValueError(f"{at}.{key}: expected a loss weight >= 0, got {w!r}")
+            weights[key] = None if w is None else float(w)
+        if weights["lm"] == 0 and not weights["ctc"]:
+            raise ValueError(f"{at}: lm is 0, so the stage needs a ctc weight above 0 (or it would train nothing)")
+        stages.append(Stage(steps=steps, tasks=tuple(tasks), trainable=parts,
+                            lm=1.0 if weights["lm"] is None else weights["lm"], ctc=weights["ctc"]))
     total = sum(s.steps for s in stages)
     if stages and total != max_steps:
         raise ValueError(f"{where}: stage steps add up to {total}, but train.max_steps is {max_steps}")
@@ -170,5 +184,6 @@ def set_trainable(model, names: set[str], parts: tuple[str, ...]) -> None:
     """Freeze or unfreeze the model's trainable parameters by part for a stage."""
     for n, p in model.named_parameters():
         if n in names:
-            part = "lora" if "lora_" in n else "adapter" if n.startswith("adapter.") else "encoder"
+            part = ("lora" if "lora_" in n else "adapter" if n.startswith("adapter.") else "ctc" if n.startswith("ctc.")
+                    else "encoder")
             p.requires_grad_(part in parts)

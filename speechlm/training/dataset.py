@@ -81,6 +81,8 @@ class SpeechDataset(Dataset):
                 item["target"] = self.formatter.target_ids(task.target_text(text, labels))
             except ValueError as e:
                 raise ValueError(f"{source or cut_id}: {e}") from e
+            # what is spoken, whatever the task asks: the CTC alignment target (speechlm.model.ctc)
+            item["ctc_target"] = self.formatter.ctc_ids(text) if text and text.strip() else []
         return item
 
     def from_shard_item(self, it: dict) -> dict:
@@ -100,4 +102,5 @@ def collate(items: list[dict | None]) -> Batch | None:
         prompts=[it["prompt"] for it in items],
         targets=[it["target"] for it in items] if "target" in items[0] else None,
         frames=frames,
+        ctc_targets=[it["ctc_target"] for it in items] if "ctc_target" in items[0] else None,
     )

@@ -108,18 +108,62 @@ def setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
 
 @torch.no_grad()
 def validation_loss(model: SpeechLM, cuts: list[Cut], cfg: RecipeConfig, device: torch.device) -> float:
+    return validation_metrics(model, cuts, cfg, device, diagnostics=False)["loss"]
+
+
+@torch.no_grad()
+def validation_metrics(model: SpeechLM, cuts: list[Cut], cfg: RecipeConfig, device: torch.device,
+                       diagnostics: bool = True) -> dict[str, float]:
+    """LM loss on the validation cuts, and with ``diagnostics``:
+
+    * ``loss_shuffled`` / ``audio_reliance``: the same loss when every clip gets the next clip's audio, and how
+      much higher it is. Near 0, the LLM's prior answers, not the audio.
+    * ``ctc_wer``: WER of the greedy CTC transcript (no LLM involved), with a CTC head; lower-cased, punctuation
+      dropped on both sides (the report's WER uses Whisper's normalizer).
+    """
     task = get_task(cfg.data.task)
     ds = SpeechDataset(cuts, task, model.formatter, seed=cfg.train.seed)
+    items = [ds[i] for i in range(len(ds))]
     sampler = DurationBatchSampler([c.duration for c in cuts], cfg.data.max_seconds_per_batch, cfg.data.max_batch, shuffle=False)
+    batches = [list(idx) for idx in sampler]
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    for idx in sampler:
-        batch = collate([ds[i] for i in idx])
-        loss, n = model(move(batch, device))
-        total, count = total + float(loss), count + int(n)
+
+    def loss_of(items_: list[dict]) -> float:
+        total, count = 0.0, 0
+        for idx in batches:
+            loss, n = model(move(collate([items_[i] for i in idx]), device))
+            total, count = total + float(loss), count + int(n)
+        return total / max(1, count)
+
+    out = {"loss": loss_of(items)}
+    if diagnostics and len(items) > 1:
+        audio_key = "frames" if "frames" in items[0] else "wave"
+        shifted = [{**it, audio_key: items[(i + 1) % len(items)][audio_key]} for i, it in enumerate(items)]
+        out["loss_shuffled"] = loss_of(shifted)
+        out["audio_reliance"] = out["loss_shuffled"] - out["loss"]
+    if diagnostics and model.ctc is not None:
+        import jiwer
+
+        from speechlm.model.ctc import greedy_decode
+
+        refs, hyps = [], []
+        for idx in batches:
+            batch = move(collate([items[i] for i in idx]), device)
+            audio, lengths = model.adapt(batch.waves, batch.frames)  # [B, A, H], [B]
+            for i, toks in zip(idx, greedy_decode(model.ctc(audio), lengths, model.ctc.blank_id)):
+                if cuts[i].text and _plain(cuts[i].text):
+                    refs.append(_plain(cuts[i].text))
+                    hyps.append(_plain(model.tokenizer.decode(toks)))
+        if refs:
+            out["ctc_wer"] = float(jiwer.wer(refs, hyps))
     model.train(was_training)
-    return total / max(1, count)
+    return out
+
+
+def _plain(text: str) -> str:
+    """Lower case, letters, digits and apostrophes only: enough to compare CTC transcripts in the training log."""
+    return " ".join("".join(ch if ch.isalnum() or ch == "'" else " " for ch in text.lower()).split())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,6 +191,15 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         if cfg.data.train_shards:
             raise ValueError("train.stages: a curriculum needs data.train_manifest (stages are not supported with shards)")
         stages = parse_stages(cfg.train.stages, cfg.train.max_steps)
+
+    def loss_weights(k: int) -> tuple[float, float]:
+        """(LM weight, CTC weight) of stage ``k`` (or of the whole run without a stage table)."""
+        if not stages:
+            return 1.0, cfg.train.ctc_weight
+        return stages[k].lm, cfg.train.ctc_weight if stages[k].ctc is None else stages[k].ctc
+
+    if any(loss_weights(k)[1] > 0 for k in range(max(1, len(stages)))) and not cfg.model.ctc_head:
+        raise ValueError("a CTC weight above 0 (train.ctc_weight or a stage's ctc) needs model.ctc_head=true")
     if cfg.data.train_shards:  # streaming tar shards: checked when written (speechlm prepare --shards)
         from speechlm.data.shards import ShardDataset, ShardedCuts, iter_shards
 
@@ -253,8 +306,16 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             return model
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    if stages:
-        set_trainable(model, model.trainable_names, stages[stage_idx].trainable)
+    def set_stage_trainable(k: int) -> None:
+        """The stage's parts learn; the CTC head's blank and scale learn whenever its loss is on (DDP must not
+        see a parameter that needs a gradient but gets none)."""
+        ctc_on = loss_weights(k)[1] > 0
+        if stages:
+            set_trainable(model, model.trainable_names, stages[k].trainable + (("ctc",) if ctc_on else ()))
+        elif model.ctc is not None:
+            model.ctc.requires_grad_(ctc_on)
+
+    set_stage_trainable(stage_idx)
     net = wrap()
 
     log_path = out_dir / "train_log.jsonl"
@@ -283,7 +344,7 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
 
     # ---- train ------------------------------------------------------------------------------------
     t_start = time.time()
-    window = {"loss": 0.0, "tokens": 0, "samples": 0, "audio_s": 0.0, "t0": time.time()}
+    window = {"loss": 0.0, "tokens": 0, "samples": 0, "audio_s": 0.0, "ctc": 0.0, "ctc_tokens": 0, "t0": time.time()}
     dtype_ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.train.bf16 else None
     stop = False
     while step < cfg.train.max_steps and not stop:
@@ -291,11 +352,12 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             stage_idx = stage_at(stages, step)
             dataset, sampler = make_data(stage_idx)
             consumed = 0
-            set_trainable(model, model.trainable_names, stages[stage_idx].trainable)
+            set_stage_trainable(stage_idx)
             net = wrap()
             if rank == 0:
+                lm_w, ctc_w = loss_weights(stage_idx)
                 print(f"\n[speechlm] stage {stage_idx + 1}/{len(stages)} at step {step}: tasks {', '.join(stages[stage_idx].tasks)}; "
-                      f"training {'+'.join(stages[stage_idx].trainable)}", flush=True)
+                      f"training {'+'.join(stages[stage_idx].trainable)}; loss {lm_w:g}*lm + {ctc_w:g}*ctc", flush=True)
         micro = 0
         for batch, weight, unit in micro_batches():
             consumed += 1
@@ -304,7 +366,8 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             batch = move(batch, device)
             ctx = dtype_ctx() if dtype_ctx else torch.autocast(device.type, enabled=False)
             with ctx:
-                loss_sum, n_tok = net(batch, per_example=cfg.train.loss_norm == "example")
+                lm_w, ctc_w = loss_weights(stage_idx)
+                loss_sum, n_tok = net(batch, per_example=cfg.train.loss_norm == "example", lm_weight=lm_w, ctc_weight=ctc_w)
             loss_sum, n_tok = loss_sum * weight, n_tok * int(weight)
             n_global = n_tok.detach().clone().float()
             if world > 1:
@@ -313,6 +376,9 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             loss = loss_sum * world / n_global.clamp(min=1) / cfg.train.grad_accum
             loss.backward()
             window["loss"] += float(loss_sum.detach()); window["tokens"] += int(n_tok)
+            if model.last_losses and weight:
+                window["ctc"] += model.last_losses["ctc"]; window["ctc_tokens"] += model.last_losses["ctc_tokens"]
+                model.last_losses = {}
             if weight:
                 window["samples"] += len(batch.ids); window["audio_s"] += audio_seconds(batch)
             if unit is not None:
@@ -328,22 +394,27 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             step += 1
             if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
                 if world > 1:  # log the global loss, not rank 0's share
-                    totals = torch.tensor([window["loss"], window["tokens"]], dtype=torch.float64, device=device)
+                    totals = torch.tensor([window["loss"], window["tokens"], window["ctc"], window["ctc_tokens"]],
+                                          dtype=torch.float64, device=device)
                     dist.all_reduce(totals)
                     window["loss"], window["tokens"] = float(totals[0]), int(totals[1])
+                    window["ctc"], window["ctc_tokens"] = float(totals[2]), int(totals[3])
             if rank == 0 and (step % cfg.train.log_every == 0 or step == cfg.train.max_steps):
                 dt = max(1e-9, time.time() - window["t0"])
                 rec = {"step": step, "split": "train", "loss": window["loss"] / max(1, window["tokens"]),
                        "lr": scheduler.get_last_lr()[0], "samples_per_s": window["samples"] * world / dt,
                        "audio_s_per_s": window["audio_s"] * world / dt, "elapsed_s": time.time() - t_start, "epoch": epoch_now(),
                        "stage": stage_idx}
+                if window["ctc_tokens"]:
+                    rec["ctc_loss"] = window["ctc"] / window["ctc_tokens"]  # per transcript token
                 with open(log_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(rec) + "\n")
-                for k in ("loss", "lr", "samples_per_s"):
-                    writer.add_scalar(f"train/{k}", rec[k], step)
+                for k in ("loss", "lr", "samples_per_s", "ctc_loss"):
+                    if k in rec:
+                        writer.add_scalar(f"train/{k}", rec[k], step)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", sps=f"{rec['samples_per_s']:.2f}")
             if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-                window = {"loss": 0.0, "tokens": 0, "samples": 0, "audio_s": 0.0, "t0": time.time()}
+                window = {"loss": 0.0, "tokens": 0, "samples": 0, "audio_s": 0.0, "ctc": 0.0, "ctc_tokens": 0, "t0": time.time()}
             if bar is not None:
                 bar.update(1)
             if val_cuts and cfg.train.eval_every and step % cfg.train.eval_every == 0 and rank == 0:
@@ -391,10 +462,13 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
 
 
 def _log_val(model, val_cuts, cfg, device, step, log_path, writer) -> None:
-    loss = validation_loss(model, val_cuts, cfg, device)
+    rec = validation_metrics(model, val_cuts, cfg, device)
     with open(log_path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"step": step, "split": "val", "loss": loss}) + "\n")
-    writer.add_scalar("val/loss", loss, step)
+        f.write(json.dumps({"step": step, "split": "val", **rec}) + "\n")
+    for k, v in rec.items():
+        writer.add_scalar(f"val/{k}", v, step)
+    extra = "".join(f", {k} {v:.3f}" for k, v in rec.items() if k != "loss")
+    print(f"\n[speechlm] step {step}: val loss {rec['loss']:.3f}{extra}", flush=True)
 
 
 def run_train(recipe: str = "tiny", train_manifest: str = "", val_manifest: str = "", out_dir: str = "",

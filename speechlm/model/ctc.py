@@ -1,0 +1,127 @@
+"""CTC over the LLM's own vocabulary: a dense alignment signal for the adapter that needs no LLM forward.
+
+Legend: B batch, A adapter frames (audio tokens), H LLM width, V LLM vocabulary, V+1 with the blank,
+Y target tokens.
+
+Each adapter output frame is scored against the LLM's frozen input-embedding matrix E [V, H] plus one learned
+blank vector, by scaled cosine similarity, and trained with CTC against the transcript's LLM tokens. Every frame
+is thus pulled toward the embedding of the token being spoken (LegoSLM, arXiv 2505.11352; Speech-LLaMA, arXiv
+2307.03917; Soundwave adds the same CTC beside the LM loss at weight 0.3, FreedomIntelligence/Soundwave
+``Soundwave.py``). Cosine rather than a raw dot product: E's rows have different norms (frequent tokens are
+shorter), and a dot product would favour long rows whatever the direction; the learned scale (a temperature)
+starts at 1/0.07, CLIP's initial temperature, so the softmax over 49k rows is not flat at step 0.
+
+E is not copied: the head holds a reference to the LLM's embedding module, so its state dict has only the blank
+and the scale, and checkpoints stay small.
+
+Also here: greedy CTC decoding (argmax, merge runs, drop blanks) and the Soundwave-style compression of what the
+LLM sees: drop the frames whose argmax is blank and average each run of frames with the same argmax.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class EmbeddingCTCHead(nn.Module):
+    """Scaled cosine of adapter frames against the LLM's token embeddings plus a learned blank (index V)."""
+
+    def __init__(self, embedding: nn.Embedding, init_scale: float = 1 / 0.07):
+        super().__init__()
+        self._embedding = [embedding]  # a list keeps E out of this module's parameters and state dict
+        h = embedding.weight.shape[1]
+        self.blank = nn.Parameter(torch.randn(h) * embedding.weight.detach().float().std())  # [H]
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+
+    @property
+    def vocab_size(self) -> int:
+        return self._embedding[0].weight.shape[0]
+
+    @property
+    def blank_id(self) -> int:
+        return self.vocab_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, A, H] -> logits [B, A, V+1] (blank last)."""
+        e = self._embedding[0].weight.detach()  # [V, H], frozen: only the adapter, blank and scale learn
+        table = torch.cat([e, self.blank[None].to(e.dtype)]).to(x.dtype)  # [V+1, H]
+        table = nn.functional.normalize(table, dim=-1)
+        return self.log_scale.exp() * (nn.functional.normalize(x, dim=-1) @ table.T)  # [B, A, V+1]
+
+
+def ctc_loss(logits: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]], blank: int) -> tuple[torch.Tensor, int]:
+    """Summed CTC loss (-log p(target | frames)) over the clips that have a target, and how many target tokens
+    they hold (the caller normalises, as it does for the LM loss).
+
+    logits [B, A, V+1], lengths [B] valid frames per clip. A clip with an empty target is skipped; a clip with
+    more target tokens than frames cannot be aligned, and ``zero_infinity`` drops it from the gradient instead
+    of returning inf (its share is reported by :func:`infeasible_share`).
+    """
+    keep = [i for i, t in enumerate(targets) if t]
+    if not keep:
+        return logits.sum() * 0.0, 0
+    idx = torch.tensor(keep, device=logits.device)
+    logp = torch.log_softmax(logits[idx].float(), dim=-1).transpose(0, 1)  # [A, B', V+1], ctc_loss wants time first
+    flat = torch.tensor([tok for i in keep for tok in targets[i]], dtype=torch.long, device=logits.device)  # [sum Y]
+    tlen = torch.tensor([len(targets[i]) for i in keep], dtype=torch.long, device=logits.device)  # [B']
+    loss = nn.functional.ctc_loss(logp, flat, lengths[idx.cpu()].to(logits.device), tlen, blank=blank,
+                                  reduction="sum", zero_infinity=True)
+    return loss, int(tlen.sum())
+
+
+def infeasible_share(frame_lengths: list[int], targets: list[list[int]]) -> float:
+    """Share of clips whose CTC alignment is impossible: fewer frames than target tokens plus repeats (a
+    repeated token needs a blank between its two copies)."""
+    bad = n = 0
+    for a, t in zip(frame_lengths, targets):
+        if not t:
+            continue
+        n += 1
+        repeats = sum(1 for x, y in zip(t, t[1:]) if x == y)
+        bad += a < len(t) + repeats
+    return bad / n if n else 0.0
+
+
+def greedy_decode(logits: torch.Tensor, lengths: torch.Tensor, blank: int) -> list[list[int]]:
+    """Best path: argmax per frame, merge runs of the same token, drop blanks. logits [B, A, V+1]."""
+    best = logits.argmax(dim=-1).cpu()  # [B, A]
+    out = []
+    for row, n in zip(best, lengths.tolist()):
+        row = torch.unique_consecutive(row[:n])  # merge runs
+        out.append([int(t) for t in row if int(t) != blank])
+    return out
+
+
+def compress(frames: torch.Tensor, logits: torch.Tensor, lengths: torch.Tensor, blank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soundwave-style shrinking: drop frames whose argmax is blank, and average each run of consecutive frames
+    with the same argmax into one. frames [B, A, H], logits [B, A, V+1] -> [B, A', H], lengths [B].
+
+    A clip whose every frame is blank keeps its single most token-like frame, so the LLM always gets audio.
+    """
+    best = logits.argmax(dim=-1)  # [B, A]
+    pieces, new_lengths = [], []
+    for i, n in enumerate(lengths.tolist()):
+        tok = best[i, :n]  # [n]
+        keep = tok != blank  # [n]
+        if not bool(keep.any()):
+            j = int(logits[i, :n, blank].argmin())
+            pieces.append(frames[i, j:j + 1])  # [1, H]
+            new_lengths.append(1)
+            continue
+        pos = keep.nonzero()[:, 0]  # [k] kept frame positions
+        # a new run starts where the token changes or a blank (or gap) separated two kept frames
+        new_run = torch.ones_like(pos, dtype=torch.bool)
+        new_run[1:] = (tok[pos[1:]] != tok[pos[:-1]]) | (pos[1:] != pos[:-1] + 1)
+        run_id = new_run.cumsum(0) - 1  # [k]
+        r = int(run_id[-1]) + 1
+        summed = frames.new_zeros(r, frames.shape[-1]).index_add(0, run_id, frames[i, pos])  # [r, H]
+        count = torch.bincount(run_id, minlength=r).to(frames.dtype)[:, None]  # [r, 1]
+        pieces.append(summed / count)
+        new_lengths.append(r)
+    out = frames.new_zeros(len(pieces), max(new_lengths), frames.shape[-1])  # [B, A', H]
+    for i, p in enumerate(pieces):
+        out[i, : p.shape[0]] = p
+    return out, torch.tensor(new_lengths)

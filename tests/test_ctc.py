@@ -1,0 +1,170 @@
+"""CTC alignment on the LLM's own embeddings (speechlm.model.ctc) and its training stages.
+
+* the loss against a brute-force sum over every alignment and against ``F.ctc_loss``, on tiny inputs;
+* greedy decoding, blank dropping and run merging on hand-made posteriors;
+* the head holds no copy of E, and the adapter's output RMS starts at E's RMS;
+* a stage table CTC-only -> LM + CTC: the CTC stage skips the LLM, resume across the boundary is exact, and
+  the training log carries the CTC loss, greedy-CTC WER and audio reliance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from speechlm.config import load_recipe
+from speechlm.model.builders import speechlm_tiny
+from speechlm.model.ctc import EmbeddingCTCHead, compress, ctc_loss, greedy_decode, infeasible_share
+from speechlm.tasks.mixture import parse_stages
+from speechlm.training.loop import train
+
+
+def _collapse(path, blank):
+    out = [t for t, _ in itertools.groupby(path)]
+    return [t for t in out if t != blank]
+
+
+def test_ctc_loss_matches_brute_force_and_torch():
+    torch.manual_seed(0)
+    v1, blank = 4, 3  # tokens 0..2, blank 3
+    logits = torch.randn(2, 5, v1)  # [B, A, V+1]
+    lengths = torch.tensor([5, 4])
+    targets = [[0, 1, 1], [2, 0]]
+    got, n = ctc_loss(logits, lengths, targets, blank)
+    assert n == 5
+    logp = torch.log_softmax(logits, -1)
+    brute = 0.0
+    for b, tgt in enumerate(targets):
+        total = 0.0
+        for path in itertools.product(range(v1), repeat=int(lengths[b])):
+            if _collapse(path, blank) == tgt:
+                total += math.exp(sum(float(logp[b, t, k]) for t, k in enumerate(path)))
+        brute += -math.log(total)
+    assert abs(float(got) - brute) < 1e-4
+    ref = torch.nn.functional.ctc_loss(logp.transpose(0, 1), torch.tensor([0, 1, 1, 2, 0]), lengths, torch.tensor([3, 2]),
+                                       blank=blank, reduction="sum")
+    assert torch.allclose(got, ref)
+    # a clip with no transcript is skipped; an impossible one (more tokens than frames) adds nothing, not inf
+    got2, n2 = ctc_loss(logits, torch.tensor([5, 1]), [[0, 1, 1], [2, 0]], blank)
+    assert math.isfinite(float(got2)) and n2 == 5
+    assert ctc_loss(logits, lengths, [[], []], blank)[1] == 0
+    assert infeasible_share([5, 1, 3], [[0, 1, 1], [2, 0], [1, 1, 1]]) == pytest.approx(2 / 3)
+
+
+def test_greedy_decode_and_compress_drop_blanks_and_merge_runs():
+    blank = 3
+    best = torch.tensor([[0, 0, 3, 1, 1, 3, 1, 2], [3, 3, 3, 3, 3, 3, 3, 3]])  # [B, A]
+    logits = torch.nn.functional.one_hot(best, 4).float() * 5  # [B, A, V+1]
+    logits[1, 5, blank] = 4.0  # clip 2 is all blank; frame 5 is the least blank
+    lengths = torch.tensor([8, 8])
+    assert greedy_decode(logits, lengths, blank) == [[0, 1, 1, 2], []]
+    frames = torch.arange(2 * 8, dtype=torch.float32).view(2, 8, 1).repeat(1, 1, 3)  # [B, A, H], value = position
+    out, out_len = compress(frames, logits, lengths, blank)
+    assert out_len.tolist() == [4, 1]
+    # runs: frames 0-1 (token 0), 3-4 (token 1), 6 (token 1 again after a blank), 7 (token 2)
+    assert out[0, :, 0].tolist() == [0.5, 3.5, 6.0, 7.0]
+    assert out[1, 0, 0].item() == 8 + 5
+    # lengths are respected: frames past a clip's end never count
+    out, out_len = compress(frames, logits, torch.tensor([2, 8]), blank)
+    assert out_len.tolist() == [1, 1] and out[0, 0, 0].item() == 0.5
+
+
+def test_head_scores_against_the_llm_embeddings_without_copying_them():
+    model = speechlm_tiny(ctc_head=True, adapter_out_norm=True)
+    head = model.ctc
+    emb = model.causal_lm.get_input_embeddings()
+    assert set(head.state_dict()) == {"blank", "log_scale"}
+    assert head.blank_id == emb.weight.shape[0]
+    x = emb.weight[:3][None].detach()  # [1, 3, H]: frames that ARE token embeddings 0, 1, 2
+    logits = head(x)
+    assert logits.shape == (1, 3, emb.weight.shape[0] + 1)
+    assert logits[0].argmax(-1).tolist() == [0, 1, 2]
+    rms = float(emb.weight.pow(2).mean().sqrt())
+    assert float(model.adapter.out_norm.weight.detach().mean()) == pytest.approx(rms)
+    audio, _ = model.adapt([torch.randn(16000)])
+    assert float(audio.pow(2).mean().sqrt()) == pytest.approx(rms, rel=0.05)
+    assert {"ctc.blank", "ctc.log_scale"} <= model.trainable_names
+
+
+def test_stage_table_takes_loss_weights():
+    st = parse_stages([{"steps": 2, "tasks": ["asr"], "trainable": "adapter", "lm": 0, "ctc": 1},
+                       {"steps": 3, "tasks": ["asr"], "ctc": 0.3}], 5)
+    assert (st[0].lm, st[0].ctc, st[1].lm, st[1].ctc) == (0.0, 1.0, 1.0, 0.3)
+    with pytest.raises(ValueError, match=r"\[0\]: lm is 0"):
+        parse_stages([{"steps": 5, "tasks": ["asr"], "lm": 0}], 5)
+    with pytest.raises(ValueError, match=r"\[0\].ctc: expected a loss weight"):
+        parse_stages([{"steps": 5, "tasks": ["asr"], "ctc": -1}], 5)
+
+
+STAGES = '[{"steps": 3, "tasks": ["asr"], "trainable": "adapter", "lm": 0, "ctc": 1}, {"steps": 4, "tasks": ["asr"], "ctc": 0.3}]'
+
+
+def _log(run):
+    return [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_ctc_stage_then_lm_resumes_exactly_and_logs_diagnostics(tone_manifest, tmp_path, monkeypatch):
+    common = [f"data.train_manifest={tone_manifest}", f"data.val_manifest={tone_manifest}", "model.ctc_head=true",
+              "model.adapter_out_norm=true", "train.max_steps=7", "train.save_every=2", "train.log_every=1",
+              "train.eval_every=3", f"train.stages={STAGES}"]
+    full = tmp_path / "full"
+    calls = {"decoder": 0}
+    model_cls = type(speechlm_tiny())
+    original = model_cls._lm_loss
+
+    def counting(self, *a, **k):
+        calls["decoder"] += 1
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(model_cls, "_lm_loss", counting)
+    train(load_recipe("tiny", common + [f"train.out_dir={full}"]), progress=False)
+    log = _log(full)
+    tr = {r["step"]: r for r in log if r["split"] == "train"}
+    assert [tr[s]["stage"] for s in range(1, 8)] == [0, 0, 0, 1, 1, 1, 1]
+    assert all("ctc_loss" in tr[s] for s in range(1, 8))
+    # CTC-only steps: the loss IS the CTC loss per transcript token; LM+CTC steps: it differs
+    assert all(abs(tr[s]["loss"] - tr[s]["ctc_loss"]) < 1e-6 for s in (1, 2, 3))
+    val = [r for r in log if r["split"] == "val"]
+    assert val and {"loss", "loss_shuffled", "audio_reliance", "ctc_wer"} <= set(val[-1])
+    # resume from inside the CTC stage and at the boundary: the same losses as the uninterrupted run
+    n_train_calls = calls["decoder"]
+    assert n_train_calls > 0
+    for ckpt in ("step-000002", "step-000003"):
+        run = tmp_path / f"resume-{ckpt}"
+        train(load_recipe("tiny", common + [f"train.out_dir={run}"]), resume=str(full / "checkpoints" / ckpt), progress=False)
+        got = {r["step"]: r for r in _log(run) if r["split"] == "train"}
+        for step, rec in got.items():
+            assert abs(rec["loss"] - tr[step]["loss"]) < 1e-5, (ckpt, step)
+
+
+def test_ctc_only_stage_never_runs_the_llm(tone_manifest, tmp_path, monkeypatch):
+    model_cls = type(speechlm_tiny())
+
+    def boom(self, *a, **k):
+        raise AssertionError("the LLM ran in a CTC-only stage")
+
+    monkeypatch.setattr(model_cls, "_lm_loss", boom)
+    stages = '[{"steps": 3, "tasks": ["asr"], "trainable": "adapter", "lm": 0, "ctc": 1}]'
+    train(load_recipe("tiny", [f"data.train_manifest={tone_manifest}", "model.ctc_head=true", "train.max_steps=3",
+                               f"train.out_dir={tmp_path / 'r'}", f"train.stages={stages}"]), progress=False)
+
+
+def test_compressed_audio_trains_and_transcribes(tone_manifest, tmp_path):
+    from speechlm.checkpoint import load_checkpoint
+    from speechlm.inference.transcribe import Transcriber
+    from speechlm.tasks import get_task
+
+    run = tmp_path / "c"
+    train(load_recipe("tiny", [f"data.train_manifest={tone_manifest}", "model.ctc_head=true", "model.compress_audio=true",
+                               "train.ctc_weight=0.3", "train.max_steps=3", f"train.out_dir={run}"]), progress=False)
+    model, cfg, _ = load_checkpoint(run)
+    assert model.compress_audio and model.ctc is not None
+    out = Transcriber(model, get_task("asr"), max_new_tokens=4)([torch.randn(8000), torch.randn(16000)])
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+    with pytest.raises(ValueError, match="needs model.ctc_head"):
+        train(load_recipe("tiny", [f"data.train_manifest={tone_manifest}", "train.ctc_weight=0.3", "train.max_steps=1",
+                                   f"train.out_dir={tmp_path / 'x'}"]), progress=False)
