@@ -59,6 +59,9 @@ class ModelConfig:
     ctc_head: bool = False
     """Add a CTC head that scores adapter frames against the LLM's frozen token embeddings plus a learned blank
     (speechlm.model.ctc): trained by train.ctc_weight / a stage's `ctc`, decoded for the greedy-CTC WER."""
+    ctc_vocab: str = "train"
+    """Tokens the CTC head scores: `train` (those of the training transcripts, several times cheaper than all of
+    SmolLM2's 49k; set when training starts and saved in the checkpoint) or `all`."""
     compress_audio: bool = False
     """Feed the LLM only the non-blank CTC frames, each run of one token averaged into one frame (Soundwave);
     needs ctc_head. Shorter LLM inputs, but paralinguistic cues in the dropped frames are lost."""

@@ -77,7 +77,7 @@ def test_head_scores_against_the_llm_embeddings_without_copying_them():
     model = speechlm_tiny(ctc_head=True, adapter_out_norm=True)
     head = model.ctc
     emb = model.causal_lm.get_input_embeddings()
-    assert set(head.state_dict()) == {"blank", "log_scale"}
+    assert set(head.state_dict()) == {"blank", "log_scale", "vocab"} and head.vocab.numel() == 0
     assert head.blank_id == emb.weight.shape[0]
     x = emb.weight[:3][None].detach()  # [1, 3, H]: frames that ARE token embeddings 0, 1, 2
     logits = head(x)
@@ -168,3 +168,27 @@ def test_compressed_audio_trains_and_transcribes(tone_manifest, tmp_path):
     with pytest.raises(ValueError, match="needs model.ctc_head"):
         train(load_recipe("tiny", [f"data.train_manifest={tone_manifest}", "train.ctc_weight=0.3", "train.max_steps=1",
                                    f"train.out_dir={tmp_path / 'x'}"]), progress=False)
+
+
+def test_restricted_vocabulary_scores_only_training_tokens_and_is_saved(tone_manifest, tmp_path):
+    from speechlm.checkpoint import load_checkpoint
+    from speechlm.inference.transcribe import CTCTranscriber
+
+    model = speechlm_tiny(ctc_head=True)
+    head = model.ctc
+    head.set_vocab([7, 3, 3, 11])
+    assert head.vocab.tolist() == [3, 7, 11] and head.blank_id == 3
+    assert head.to_classes([11, 3]) == [2, 0] and head.to_tokens([2, 0]) == [11, 3]
+    with pytest.raises(ValueError, match="outside the head's vocabulary"):
+        head.to_classes([5])
+    emb = model.causal_lm.get_input_embeddings().weight.detach()
+    logits = head(emb[[11, 3]][None])  # frames that are token embeddings 11 and 3
+    assert logits.shape == (1, 2, 4) and logits[0].argmax(-1).tolist() == [2, 0]
+    run = tmp_path / "v"
+    train(load_recipe("tiny", [f"data.train_manifest={tone_manifest}", "model.ctc_head=true", "train.ctc_weight=1",
+                               "train.max_steps=2", f"train.out_dir={run}"]), progress=False)
+    loaded, _, _ = load_checkpoint(run)
+    words = ["zero", "one", "two", "three", "four", "five"]
+    expected = sorted({t for w in words for t in loaded.formatter.ctc_ids(w)})
+    assert loaded.ctc.vocab.tolist() == expected
+    assert len(CTCTranscriber(loaded)([torch.randn(8000).numpy()])) == 1

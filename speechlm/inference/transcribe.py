@@ -86,7 +86,7 @@ class CTCTranscriber:
             batch = [torch.as_tensor(np.asarray(w, dtype=np.float32), device=device) for w in waves[s:s + self.batch_size]]
             audio, lengths = self.model.adapt(batch)  # [B, A, H], [B]
             for toks in greedy_decode(self.model.ctc(audio), lengths, self.model.ctc.blank_id):
-                out.append(self.model.tokenizer.decode(toks).strip())
+                out.append(self.model.tokenizer.decode(self.model.ctc.to_tokens(toks)).strip())
         return out
 
 

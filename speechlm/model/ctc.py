@@ -11,8 +11,14 @@ is thus pulled toward the embedding of the token being spoken (LegoSLM, arXiv 25
 shorter), and a dot product would favour long rows whatever the direction; the learned scale (a temperature)
 starts at 1/0.07, CLIP's initial temperature, so the softmax over 49k rows is not flat at step 0.
 
-E is not copied: the head holds a reference to the LLM's embedding module, so its state dict has only the blank
-and the scale, and checkpoints stay small.
+E is not copied: the head holds a reference to the LLM's embedding module, so its state dict has only the blank,
+the scale and (optionally) the vocabulary it scores, and checkpoints stay small.
+
+**Restricted vocabulary** (:meth:`EmbeddingCTCHead.set_vocab`). Scoring all 49k rows of SmolLM2's E costs
+12.5 frames x 49152 x 576 x 2 FLOPs = 0.7 GFLOP per audio second at x4 forward, as much again backward: more
+than the adapter and encoder together. The training loop restricts the head to the tokens of the training
+transcripts (a few thousand; ``model.ctc_vocab: train``): a frame can only be pulled toward a token some
+transcript holds anyway, so the signal is the same for several times less compute. Decoding maps back to LLM ids.
 
 Also here: greedy CTC decoding (argmax, merge runs, drop blanks) and the Soundwave-style compression of what the
 LLM sees: drop the frames whose argmax is blank and average each run of frames with the same argmax.
@@ -35,21 +41,47 @@ class EmbeddingCTCHead(nn.Module):
         h = embedding.weight.shape[1]
         self.blank = nn.Parameter(torch.randn(h) * embedding.weight.detach().float().std())  # [H]
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+        # LLM token ids the head scores, ascending (empty: all of them); saved with the checkpoint's weights
+        self.register_buffer("vocab", torch.zeros(0, dtype=torch.long))
+
+    def set_vocab(self, token_ids) -> None:
+        """Score only these LLM tokens (and the blank). Class k < len(vocab) is LLM token vocab[k]."""
+        ids = torch.as_tensor(sorted({int(t) for t in token_ids}), dtype=torch.long)
+        if len(ids) and (int(ids[0]) < 0 or int(ids[-1]) >= self._embedding[0].weight.shape[0]):
+            raise ValueError(f"CTC vocabulary: token ids must lie in [0, {self._embedding[0].weight.shape[0]})")
+        self.vocab = ids.to(self.blank.device)
 
     @property
     def vocab_size(self) -> int:
-        return self._embedding[0].weight.shape[0]
+        """Classes before the blank."""
+        return len(self.vocab) if len(self.vocab) else self._embedding[0].weight.shape[0]
 
     @property
     def blank_id(self) -> int:
         return self.vocab_size
 
+    def to_classes(self, token_ids: list[int]) -> list[int]:
+        """LLM token ids -> class indices (identity without a restricted vocabulary). Raises on a token outside it."""
+        if not len(self.vocab):
+            return list(token_ids)
+        pos = torch.searchsorted(self.vocab.cpu(), torch.as_tensor(token_ids, dtype=torch.long))
+        pos = pos.clamp(max=len(self.vocab) - 1)
+        if not bool((self.vocab.cpu()[pos] == torch.as_tensor(token_ids, dtype=torch.long)).all()):
+            raise ValueError("CTC target has a token outside the head's vocabulary (set_vocab from all transcripts)")
+        return pos.tolist()
+
+    def to_tokens(self, classes: list[int]) -> list[int]:
+        """Class indices (no blanks) -> LLM token ids."""
+        return [int(self.vocab[c]) for c in classes] if len(self.vocab) else list(classes)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, A, H] -> logits [B, A, V+1] (blank last)."""
+        """x [B, A, H] -> logits [B, A, C+1] (blank last); C = V, or len(vocab) when restricted."""
         e = self._embedding[0].weight.detach()  # [V, H], frozen: only the adapter, blank and scale learn
-        table = torch.cat([e, self.blank[None].to(e.dtype)]).to(x.dtype)  # [V+1, H]
+        if len(self.vocab):
+            e = e[self.vocab]  # [C, H]
+        table = torch.cat([e, self.blank[None].to(e.dtype)]).to(x.dtype)  # [C+1, H]
         table = nn.functional.normalize(table, dim=-1)
-        return self.log_scale.exp() * (nn.functional.normalize(x, dim=-1) @ table.T)  # [B, A, V+1]
+        return self.log_scale.exp() * (nn.functional.normalize(x, dim=-1) @ table.T)  # [B, A, C+1]
 
 
 def ctc_loss(logits: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]], blank: int) -> tuple[torch.Tensor, int]:

@@ -196,7 +196,8 @@ class SpeechLM(nn.Module):
 
             if self.ctc is None or batch.ctc_targets is None:
                 raise ValueError("a CTC weight above 0 needs model.ctc_head=true and transcripts in the batch")
-            ctc_sum, n_ctc = ctc_loss(self.ctc(audio), audio_lengths, batch.ctc_targets, self.ctc.blank_id)
+            targets = [self.ctc.to_classes(t) for t in batch.ctc_targets]
+            ctc_sum, n_ctc = ctc_loss(self.ctc(audio), audio_lengths, targets, self.ctc.blank_id)
             self.last_losses = {"ctc": float(ctc_sum.detach()), "ctc_tokens": n_ctc}
         if lm_weight == 0:  # a CTC-only alignment stage: no LLM forward at all
             if ctc_sum is None:
@@ -267,10 +268,17 @@ class SpeechLM(nn.Module):
 
     # ---- trainable state ---------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the trained weights (adapter, LoRA, unfrozen encoder layers): what a checkpoint stores."""
-        return {k: v.detach().clone() for k, v in self.state_dict().items() if k in self.trainable_names}
+        """Only the trained weights (adapter, LoRA, unfrozen encoder layers) and the CTC head's vocabulary:
+        what a checkpoint stores."""
+        keep = self.trainable_names | ({"ctc.vocab"} if self.ctc is not None and len(self.ctc.vocab) else set())
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if k in keep}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        state = dict(state)
+        if "ctc.vocab" in state:
+            if self.ctc is None:
+                raise KeyError("checkpoint has a CTC vocabulary but the model has no CTC head")
+            self.ctc.set_vocab(state.pop("ctc.vocab").tolist())
         own = dict(self.named_parameters())
         missing = self.trainable_names - set(state)
         unknown = set(state) - set(own)

@@ -154,7 +154,7 @@ def validation_metrics(model: SpeechLM, cuts: list[Cut], cfg: RecipeConfig, devi
             for i, toks in zip(idx, greedy_decode(model.ctc(audio), lengths, model.ctc.blank_id)):
                 if cuts[i].text and _plain(cuts[i].text):
                     refs.append(_plain(cuts[i].text))
-                    hyps.append(_plain(model.tokenizer.decode(toks)))
+                    hyps.append(_plain(model.tokenizer.decode(model.ctc.to_tokens(toks))))
         if refs:
             out["ctc_wer"] = float(jiwer.wer(refs, hyps))
     model.train(was_training)
@@ -230,6 +230,11 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
 
     model = build_speechlm(cfg.model, seed=cfg.train.seed).to(device)
     model.train()
+    if cfg.model.ctc_vocab not in ("train", "all"):
+        raise ValueError(f"model.ctc_vocab: expected train or all, got {cfg.model.ctc_vocab!r}")
+    if model.ctc is not None and cfg.model.ctc_vocab == "train" and cuts:
+        # the head scores only tokens some training transcript holds (speechlm.model.ctc: same signal, less compute)
+        model.ctc.set_vocab({t for c in cuts if c.text and c.text.strip() for t in model.formatter.ctc_ids(c.text)})
     if cuts and "features" in cuts[0].labels:
         if not cfg.data.use_features:
             for c in cuts:
