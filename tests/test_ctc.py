@@ -18,7 +18,7 @@ import torch
 
 from speechlm.config import load_recipe
 from speechlm.model.builders import speechlm_tiny
-from speechlm.model.ctc import EmbeddingCTCHead, compress, ctc_loss, greedy_decode, infeasible_share
+from speechlm.model.ctc import compress, ctc_loss, greedy_decode, infeasible_share
 from speechlm.tasks.mixture import parse_stages
 from speechlm.training.loop import train
 
