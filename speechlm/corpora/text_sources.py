@@ -100,16 +100,29 @@ def _integer(m: re.Match) -> str:
     # Codes, phone numbers and anything with a leading zero are read digit by digit.
     if len(s) > 6 or (len(s) > 1 and s[0] == "0"):
         return _digits(s)
+    # An ungrouped four-digit number from 1100 to 2099 is most often a year: "eighteen sixty five".
+    if "," not in m.group(0) and len(s) == 4 and 1100 <= int(s) <= 2099:
+        return _n2w(int(s), to="year")
     return _n2w(int(s))
+
+
+def _clock(m: re.Match) -> str:
+    h, mins = int(m.group(1)), int(m.group(2))
+    if mins == 0:
+        return f"{_n2w(h)} o'clock"
+    return f"{_n2w(h)} {_n2w(mins) if mins >= 10 else 'oh ' + _n2w(mins)}"
 
 
 def spell_numbers(text: str) -> str:
     """Write every number in ``text`` as words, the way the engines would have to say it.
 
     Handles money (``$5.50`` -> "five dollars and fifty cents", also pounds and euros), percentages,
-    ordinals (``21st``), decimals (``3.14`` -> "three point one four"), grouped integers (``12,000``)
-    and plain integers; integers over six digits or with a leading zero are read digit by digit.
+    ordinals (``21st``), clock times (``3:05`` -> "three oh five"), decimals (``3.14`` -> "three point
+    one four"), grouped integers (``12,000``), years (ungrouped 1100-2099: ``1865`` -> "eighteen
+    sixty five") and plain integers; integers over six digits or with a leading zero are read digit by
+    digit.
     """
+    text = re.sub(r"\b(\d{1,2}):(\d{2})\b", _clock, text)
     text = re.sub(r"([$\u00a3\u20ac])\s?(\d[\d,]*)(?:\.(\d{2}))?\b", _money, text)
     text = re.sub(r"(\d[\d,]*(?:\.\d+)?)\s?%", r"\1 percent", text)
     text = re.sub(r"\b(\d+)(?:st|nd|rd|th)\b", lambda m: _n2w(int(m.group(1)), to="ordinal"), text)
@@ -248,9 +261,7 @@ def _an(phrase: str) -> str:
 
 
 def _time(rng: np.random.Generator) -> str:
-    h = int(rng.integers(1, 13))
-    m = int(rng.choice([0, 5, 10, 15, 20, 30, 40, 45, 50]))
-    return f"{_n2w(h)} o'clock" if m == 0 else f"{_n2w(h)} {_n2w(m) if m >= 10 else 'oh ' + _n2w(m)}"
+    return spell_numbers(f"{int(rng.integers(1, 13))}:{int(rng.choice([0, 5, 10, 15, 20, 30, 40, 45, 50])):02d}")
 
 
 def _slots(fake, rng: np.random.Generator) -> dict[str, str]:
