@@ -19,6 +19,24 @@ def _synthetic(src: Path | None, out: Path, workers: int = 2, progress: bool = T
     return {"train": build_synthetic_corpus(out, n_utterances=n, seed=seed, workers=workers, progress=progress)}
 
 
+def _synthetic_broad(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 200, seed: int = 0) -> dict[str, Path]:
+    from speechlm.corpora.synth import build_synthetic_corpus
+
+    return {"train": build_synthetic_corpus(out, n_utterances=n, seed=seed, workers=workers, progress=progress,
+                                            text_source="mixed", augment=True)}
+
+
+def _pseudo(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 0, seed: int = 0) -> dict[str, Path]:
+    from speechlm.corpora.pseudo_label import pseudo_label_manifest
+
+    root = src or real_data_root()
+    if root is None:
+        raise FileNotFoundError("real data folder not found: pass SRC (a manifest, or the folder with manifest.jsonl) "
+                                "or set SPEECHLM_REAL_DATA")
+    manifest = root / "manifest.jsonl" if root.is_dir() else root
+    return {"pseudo": pseudo_label_manifest(manifest, out / "pseudo.jsonl", limit=n or None, progress=progress)}
+
+
 def _multitask(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 400, seed: int = 0) -> dict[str, Path]:
     from speechlm.corpora.synth_tasks import build_multitask_corpus
 
@@ -58,12 +76,16 @@ def _manifest(src: Path | None, out: Path, workers: int = 2, progress: bool = Tr
 
 # Synthetic and shared-real corpora need extra arguments (n, seed); the corpus recipes of
 # speechlm.corpora take (src, out, workers, progress).
-GENERATED: dict[str, Callable[..., dict[str, Path]]] = {"synthetic": _synthetic, "multitask": _multitask, "real": _real,
-                                                         "real-multitask": _real_multitask, "manifest": _manifest}
+GENERATED: dict[str, Callable[..., dict[str, Path]]] = {"synthetic": _synthetic, "synthetic-broad": _synthetic_broad,
+                                                         "multitask": _multitask, "real": _real,
+                                                         "real-multitask": _real_multitask, "pseudo": _pseudo,
+                                                         "manifest": _manifest}
 
 
 GENERATED_DOCS: dict[str, str] = {
     "synthetic": "Debian TTS voices (espeak-ng, flite), labelled gender/rate/pitch",
+    "synthetic-broad": "as synthetic, with unguessable broad-vocabulary text (random words, faker) and speed/room/noise augmentation",
+    "pseudo": "Whisper tiny.en transcripts for the English clips without text (default: the shared real folder)",
     "multitask": "TTS corpus for ASR+X: style classes, exact word timestamps, questions, intents, keywords",
     "real-multitask": "the shared real speech with every task label, split by speaker (device, folder or clip where no speaker)",
     "real": "the shared real-speech folder, split by speaker",
@@ -93,7 +115,7 @@ def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", sha
     encoder: encoder whose features are cached (registry name, folder or hub id).
     answer_questions: fill `answer` of spoken-question lines with the LLM's own reply to the question as text (the sttc reference).
     llm: the LLM that answers (registry name, folder or hub id).
-    n: synthetic, multitask: utterances to synthesize; real, real-multitask: cap on training clips per source (0: no cap).
+    n: synthetic, synthetic-broad, multitask: utterances to synthesize; real, real-multitask: cap on training clips per source; pseudo: cap on clips to label (0: no cap).
     seed: seed for synthesis plans and speaker splits.
     workers: parallel processes.
     """
@@ -101,7 +123,7 @@ def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", sha
         from speechlm.data.check import run_check
 
         return run_check(check, out=out or corpus, workers=workers)  # `prepare --check M [REPORT_DIR]`
-    if corpus and src and not out and corpus in ("synthetic", "multitask", "real", "real-multitask"):
+    if corpus and src and not out and corpus in ("synthetic", "synthetic-broad", "multitask", "real", "real-multitask", "pseudo"):
         src, out = "", src  # `speechlm prepare synthetic OUT`: no source needed (real: the shared folder by default)
     if not corpus or not out:
         raise ValueError("usage: speechlm prepare CORPUS SRC OUT  (or: speechlm prepare --check MANIFEST)")
