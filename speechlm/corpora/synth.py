@@ -28,9 +28,9 @@ machine with no downloaded corpus. What it controls, and therefore what its labe
 Audio is trimmed of leading/trailing silence (keeping 0.1 s), augmented if asked, peak-normalised
 and written as 16 kHz mono 16-bit FLAC. Everything is a function of the seed: the plan of utterance
 ``i`` depends only on ``(seed, i)`` and earlier utterances, so a larger ``n_utterances`` extends a
-smaller corpus, and a re-run skips files that already exist (each file name carries a hash of its text, voice settings and
-augmentation, so a changed plan never reuses stale audio). With ``text_source="mixed"`` utterance ``i``
-depends on ``(seed, i)`` alone.
+smaller corpus, and a re-run skips files that already exist (each file name carries a hash of its
+text, voice settings and augmentation, so a changed plan never reuses stale audio). With
+``text_source="mixed"`` utterance ``i`` depends on ``(seed, i)`` alone.
 """
 
 from __future__ import annotations
