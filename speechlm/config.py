@@ -155,6 +155,13 @@ class DemoConfig:
     """Cap on training clips per real source in ../shared/data/real (0: no cap)."""
     eval_per_subset: int = 60
     """Held-out clips scored per subset (ASR demo) or per task (multi-task demo); 0: all."""
+    text_source: str = "templates"
+    """Synthetic training text: `templates` (fixed sentences and slot templates) or `mixed` (broad-vocabulary
+    sentences and random word strings the LLM cannot guess; speechlm.corpora.text_sources)."""
+    random_word_share: float = 0.3
+    """With text_source `mixed`: the share of random word strings."""
+    augment: bool = False
+    """Speed perturbation, simulated room reverberation and noise on the synthetic clips (speechlm.corpora.augment)."""
     features: bool = False
     """Run the frozen encoder once over the training clips before training (speechlm.model.features) and train
     from its cached outputs; the caching time is reported apart from training time."""
