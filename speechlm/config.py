@@ -131,6 +131,8 @@ class TrainConfig:
     """Curriculum stage table: rows of {steps, tasks: [name or name:weight], trainable: adapter[+lora][+encoder],
     lm: LM-loss weight (default 1; 0 skips the LLM forward), ctc: CTC weight (default train.ctc_weight)};
     steps must add up to max_steps. Empty: one stage with data.task / data.tasks. The stage is checkpointed."""
+    stage_schedule: bool = False
+    """With a stage table: each stage gets its own warm-up and cosine decay (instead of one over all steps)."""
     ctc_weight: float = 0.0
     """Weight of the CTC alignment loss beside the LM loss (needs model.ctc_head; Soundwave uses 0.3)."""
     log_every: int = 5

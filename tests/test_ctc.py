@@ -192,3 +192,36 @@ def test_restricted_vocabulary_scores_only_training_tokens_and_is_saved(tone_man
     expected = sorted({t for w in words for t in loaded.formatter.ctc_ids(w)})
     assert loaded.ctc.vocab.tolist() == expected
     assert len(CTCTranscriber(loaded)([torch.randn(8000).numpy()])) == 1
+
+
+def test_stage_schedule_restarts_warmup_and_cosine_per_stage():
+    from speechlm.training.loop import lr_lambda
+
+    f = lr_lambda(2, 10, floor=0.1, stage_steps=[4, 6])
+    assert [f(i) for i in (0, 1, 4, 5)] == [0.5, 1.0, 0.5, 1.0]  # stage 2 starts its own warm-up at step 4
+    assert f(9) < f(6) and f(9) >= 0.1
+    g = lr_lambda(2, 10, floor=0.1)
+    assert g(4) < 1.0 and g(5) < g(4)  # one schedule: no restart
+
+
+def test_ctc_demo_path_at_tiny_size(tmp_path):
+    """`speechlm demo --recipe tiny-ctc`: the shipped demo's code path (broad augmented text, cached features,
+    CTC-only stage, LM + CTC, the greedy-CTC system beside the others) with random tiny models."""
+    from speechlm.cli import main
+    from speechlm.corpora.synth import available_voices
+
+    try:
+        available_voices()
+    except RuntimeError:
+        pytest.skip("espeak-ng/flite not installed")
+    out = tmp_path / "demo"
+    assert main(["demo", "--recipe", "tiny-ctc", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"speechlm (trained)", "speechlm greedy CTC (no LLM)", "whisper tiny.en decoder"} <= set(summary["by_system"])
+    demo = json.loads((out / "demo.json").read_text())
+    assert {"data_min", "features_min", "train_min", "eval_min"} <= set(demo)
+    train_lines = [json.loads(x) for x in (out / "data" / "features" / "manifest.jsonl").read_text().splitlines()]
+    assert train_lines and all("features" in x for x in train_lines)
+    log = _log(out)
+    assert {r["stage"] for r in log if r["split"] == "train"} == {0, 1}
+    assert any("ctc_wer" in r for r in log if r["split"] == "val")

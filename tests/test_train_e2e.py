@@ -123,11 +123,18 @@ def test_bad_input_is_named_before_training(tone_manifest, tmp_path, capsys):
         assert json.loads((run / "data_report.json").read_text())["bad"] == 1
 
 
+CTC_STAGES = ("model.ctc_head=true", "model.adapter_out_norm=true", "train.stage_schedule=true",
+              'train.stages=[{"steps": 2, "tasks": ["asr"], "trainable": "adapter", "lm": 0, "ctc": 1}, '
+              '{"steps": 2, "tasks": ["asr"], "ctc": 0.3}]')
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on linux")
-def test_ddp_two_processes_match_one_process(tone_manifest, tmp_path):
-    """torchrun, 2 CPU processes (gloo), same global batch as one process: same losses and weights."""
+@pytest.mark.parametrize("extra", [(), CTC_STAGES], ids=["lm", "ctc-stages"])
+def test_ddp_two_processes_match_one_process(tone_manifest, tmp_path, extra):
+    """torchrun, 2 CPU processes (gloo), same global batch as one process: same losses and weights; also with
+    a CTC-only stage (no LLM forward) followed by LM + CTC."""
     args = ["train", "--recipe", "tiny", "--train-manifest", str(tone_manifest), "--max-steps", "4",
-            "--set", "train.log_every=1", "data.max_batch=4", "data.max_seconds_per_batch=8"]
+            "--set", "train.log_every=1", "data.max_batch=4", "data.max_seconds_per_batch=8", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     one = tmp_path / "one"
     subprocess.run([sys.executable, "-m", "speechlm.cli", *args, "--out-dir", str(one)], check=True, env=env, capture_output=True)

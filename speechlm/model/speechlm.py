@@ -202,7 +202,7 @@ class SpeechLM(nn.Module):
         if lm_weight == 0:  # a CTC-only alignment stage: no LLM forward at all
             if ctc_sum is None:
                 raise ValueError("lm_weight=0 needs ctc_weight > 0")
-            return ctc_sum * ctc_weight, torch.tensor(n_ctc)
+            return ctc_sum * ctc_weight, torch.tensor(n_ctc, device=audio.device)
         if self.compress_audio:
             from speechlm.model.ctc import compress
 

@@ -39,13 +39,25 @@ from speechlm.utils import write_json
 # ---------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------
-def lr_lambda(warmup: int, total: int, floor: float = 0.1):
-    """Linear warm-up, then cosine decay to ``floor`` x peak at ``total`` steps."""
-    def f(step: int) -> float:
+def lr_lambda(warmup: int, total: int, floor: float = 0.1, stage_steps: list[int] | None = None):
+    """Linear warm-up, then cosine decay to ``floor`` x peak at ``total`` steps. With ``stage_steps`` (the stage
+    table's step counts), each stage gets its own warm-up and cosine: a new loss or newly trained part starts at
+    the peak rate instead of the tail of the previous stage's decay."""
+    def one(step: int, length: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        progress = min(1.0, (step - warmup) / max(1, length - warmup))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def f(step: int) -> float:
+        if not stage_steps:
+            return one(step, total)
+        start = 0
+        for n in stage_steps:
+            if step < start + n:
+                return one(step - start, n)
+            start += n
+        return one(step - (start - stage_steps[-1]), stage_steps[-1])
     return f
 
 
@@ -248,7 +260,8 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             verify_features(cfg.data.train_manifest, model.encoder)  # refuses another encoder's features
     params = [p for n, p in model.named_parameters() if n in model.trainable_names]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
+        cfg.train.warmup_steps, cfg.train.max_steps, stage_steps=[st.steps for st in stages] if cfg.train.stage_schedule else None))
 
     def make_data(k: int) -> tuple[SpeechDataset, DurationBatchSampler | None]:
         """Dataset and sampler of stage ``k`` (the only stage without a curriculum)."""
