@@ -62,6 +62,9 @@ class ModelConfig:
     ctc_vocab: str = "train"
     """Tokens the CTC head scores: `train` (those of the training transcripts, several times cheaper than all of
     SmolLM2's 49k; set when training starts and saved in the checkpoint) or `all`."""
+    posterior_input: bool = False
+    """The LLM reads each audio frame as its CTC posterior times the token embeddings (LegoSLM), i.e. mixtures of
+    its own input embeddings, instead of the adapter's frames; needs ctc_head. Drops what the tokens do not say."""
     compress_audio: bool = False
     """Feed the LLM only the non-blank CTC frames, each run of one token averaged into one frame (Soundwave);
     needs ctc_head. Shorter LLM inputs, but paralinguistic cues in the dropped frames are lost."""

@@ -225,3 +225,23 @@ def test_ctc_demo_path_at_tiny_size(tmp_path):
     log = _log(out)
     assert {r["stage"] for r in log if r["split"] == "train"} == {0, 1}
     assert any("ctc_wer" in r for r in log if r["split"] == "val")
+
+
+def test_posterior_input_feeds_the_llm_mixtures_of_its_own_embeddings(tone_manifest, tmp_path):
+    model = speechlm_tiny(ctc_head=True, posterior_input=True)
+    emb = model.causal_lm.get_input_embeddings().weight.detach()
+    model.ctc.log_scale.data.fill_(8.0)  # a sharp posterior: each frame is close to its nearest token embedding
+    audio = emb[[5, 9]][None]  # [1, 2, H]: frames that are token embeddings 5 and 9
+    out, lengths = model.llm_audio(audio, torch.tensor([2]))
+    assert lengths.tolist() == [2]
+    probs = torch.softmax(model.ctc(audio)[..., :-1], -1)
+    torch.testing.assert_close(out, probs @ emb)
+    assert torch.allclose(out[0, 0], emb[5], atol=1e-2) and torch.allclose(out[0, 1], emb[9], atol=1e-2)
+    run = tmp_path / "p"
+    train(load_recipe("tiny", [f"data.train_manifest={tone_manifest}", "model.ctc_head=true", "model.posterior_input=true",
+                               "model.compress_audio=true", "train.ctc_weight=0.3", "train.max_steps=2",
+                               f"train.out_dir={run}"]), progress=False)
+    from speechlm.checkpoint import load_checkpoint
+
+    loaded, _, _ = load_checkpoint(run)
+    assert loaded.posterior_input and loaded.compress_audio

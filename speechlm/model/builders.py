@@ -81,11 +81,11 @@ def build_speechlm(cfg: ModelConfig, seed: int = 0) -> SpeechLM:
     if adapter.out_norm is not None:
         with torch.no_grad():  # start at the RMS of the LLM's own token embeddings [V, H]
             adapter.out_norm.weight.fill_(float(embedding.weight.float().pow(2).mean().sqrt()))
-    if cfg.compress_audio and not cfg.ctc_head:
-        raise ValueError("model.compress_audio needs model.ctc_head=true (frames are dropped by their CTC argmax)")
+    if (cfg.compress_audio or cfg.posterior_input) and not cfg.ctc_head:
+        raise ValueError("model.compress_audio and model.posterior_input need model.ctc_head=true (they read the CTC posteriors)")
     ctc = EmbeddingCTCHead(embedding) if cfg.ctc_head else None
     return SpeechLM(encoder, adapter, llm, tokenizer, audio_token=cfg.audio_token, system_prompt=cfg.system_prompt,
-                    ctc=ctc, compress_audio=cfg.compress_audio)
+                    ctc=ctc, compress_audio=cfg.compress_audio, posterior_input=cfg.posterior_input)
 
 
 SIZES: dict[str, ModelConfig] = {

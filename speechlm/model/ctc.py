@@ -74,6 +74,11 @@ class EmbeddingCTCHead(nn.Module):
         """Class indices (no blanks) -> LLM token ids."""
         return [int(self.vocab[c]) for c in classes] if len(self.vocab) else list(classes)
 
+    def token_table(self) -> torch.Tensor:
+        """The frozen embeddings of the classes before the blank [C, H] (all of E, or its vocab rows)."""
+        e = self._embedding[0].weight.detach()  # [V, H]
+        return e[self.vocab] if len(self.vocab) else e
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, A, H] -> logits [B, A, C+1] (blank last); C = V, or len(vocab) when restricted."""
         e = self._embedding[0].weight.detach()  # [V, H], frozen: only the adapter, blank and scale learn

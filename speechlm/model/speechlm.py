@@ -83,15 +83,17 @@ class PromptFormatter:
 
 class SpeechLM(nn.Module):
     def __init__(self, encoder: nn.Module, adapter: nn.Module, llm: nn.Module, tokenizer, audio_token: str = "<|audio|>",
-                 system_prompt: str = "", ctc: nn.Module | None = None, compress_audio: bool = False):
+                 system_prompt: str = "", ctc: nn.Module | None = None, compress_audio: bool = False,
+                 posterior_input: bool = False):
         super().__init__()
         self.encoder = encoder
         self.adapter = adapter
         self.llm = llm  # a transformers causal LM, possibly wrapped by peft
         self.ctc = ctc  # optional CTC head over the LLM's embeddings (speechlm.model.ctc)
         self.compress_audio = compress_audio
-        if compress_audio and ctc is None:
-            raise ValueError("compress_audio needs a CTC head")
+        self.posterior_input = posterior_input  # LegoSLM: the LLM reads CTC-posterior-weighted token embeddings
+        if (compress_audio or posterior_input) and ctc is None:
+            raise ValueError("compress_audio and posterior_input need a CTC head")
         self.last_losses: dict[str, float] = {}  # the parts of the last forward's loss, for the training log
         self.tokenizer = tokenizer
         self.audio_token = audio_token
@@ -124,12 +126,23 @@ class SpeechLM(nn.Module):
         """waves (or cached encoder frames) -> what the LLM sees [B, A, H] and its lengths [B]: the adapter's
         frames, shrunk by their CTC argmax when ``compress_audio`` is on."""
         audio, lengths = self.adapt(waves, frames)  # [B, A, H], [B]
-        if self.compress_audio:
-            from speechlm.model.ctc import compress
+        return self.llm_audio(audio, lengths)
 
-            with torch.no_grad():
-                logits = self.ctc(audio)  # [B, A, V+1]
-            audio, lengths = compress(audio, logits, lengths, self.ctc.blank_id)  # [B, A', H], [B]
+    def llm_audio(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adapter output [B, A, H] -> what the LLM reads: as is; with ``posterior_input`` each frame replaced by
+        its CTC posterior over the head's tokens times their embeddings (LegoSLM, arXiv 2505.11352: the LLM then
+        reads mixtures of its own input embeddings); with ``compress_audio`` blank frames dropped and runs merged."""
+        if not (self.compress_audio or self.posterior_input):
+            return audio, lengths
+        from speechlm.model.ctc import compress
+
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.posterior_input):
+            logits = self.ctc(audio)  # [B, A, C+1]
+        if self.posterior_input:
+            probs = torch.softmax(logits[..., :-1].float(), dim=-1)  # [B, A, C], blank left out
+            audio = (probs @ self.ctc.token_table().float()).to(audio.dtype)  # [B, A, H]
+        if self.compress_audio:
+            audio, lengths = compress(audio, logits.detach(), lengths, self.ctc.blank_id)  # [B, A', H], [B]
         return audio, lengths
 
     def adapt(self, waves: list[torch.Tensor], frames: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,12 +216,7 @@ class SpeechLM(nn.Module):
             if ctc_sum is None:
                 raise ValueError("lm_weight=0 needs ctc_weight > 0")
             return ctc_sum * ctc_weight, torch.tensor(n_ctc, device=audio.device)
-        if self.compress_audio:
-            from speechlm.model.ctc import compress
-
-            with torch.no_grad():
-                logits = self.ctc(audio)  # [B, A, V+1]
-            audio, audio_lengths = compress(audio, logits, audio_lengths, self.ctc.blank_id)
+        audio, audio_lengths = self.llm_audio(audio, audio_lengths)  # [B, A', H], [B]
         lm_sum, n_tok = self._lm_loss(batch, audio, audio_lengths, per_example)
         if ctc_sum is None:
             return lm_sum, n_tok
