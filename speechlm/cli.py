@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     fn = getattr(importlib.import_module(module), function)
     try:
         code = fn(**args)
+    except BrokenPipeError:  # `speechlm ls | head`: the reader left; stop quietly (Python docs, signal handling)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         if os.environ.get("SPEECHLM_DEBUG"):
             raise
