@@ -46,8 +46,10 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
     synthetic = d.synthetic if synthetic < 0 else synthetic
     real_per_source = d.real_per_source if real_per_source < 0 else real_per_source
     eval_per_subset = d.eval_per_subset if eval_per_subset < 0 else eval_per_subset
-    stage_tasks = {t.split(":")[0] for row in recipe_cfg.train.stages for t in ([row.get("tasks")] if isinstance(row.get("tasks"), str) else row.get("tasks") or [])}
-    if recipe_cfg.data.tasks or stage_tasks - {"asr"}:  # a multi-task recipe: ASR+X data, curriculum, per-task report
+    from speechlm.tasks.mixture import parse_stages
+
+    stages = parse_stages(recipe_cfg.train.stages, recipe_cfg.train.max_steps)
+    if recipe_cfg.data.tasks or {t.split(":")[0] for s in stages for t in s.tasks} - {"asr"}:  # a multi-task recipe: ASR+X data, curriculum, per-task report
         from speechlm.demos.multitask import demo_tasks
 
         return demo_tasks(recipe, out, minutes, synthetic, real_per_source, eval_per_subset, seed)

@@ -90,10 +90,10 @@ def evaluate(manifest: list[str] = (), out: str = "runs/eval", checkpoint: str =
         if tr.model.ctc is not None and task_rec.target == "text":  # what the adapter alone hears, no LLM
             systems["speechlm greedy CTC (no LLM)"] = CTCTranscriber(tr.model, batch_size=batch_size)
         if untrained:
+            from speechlm.checkpoint import read_config
             from speechlm.model.builders import build_speechlm
-            from speechlm.checkpoint import load_checkpoint
 
-            _, cfg, _ = load_checkpoint(checkpoint)
+            cfg, _ = read_config(checkpoint)
             systems["speechlm (untrained)"] = Transcriber(build_speechlm(cfg.model, seed=cfg.train.seed).to(device), task_rec,
                                                           num_beams=num_beams, batch_size=batch_size)
     if baseline:

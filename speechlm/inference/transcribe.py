@@ -76,17 +76,12 @@ class CTCTranscriber:
         self.model = model.eval()
         self.batch_size = batch_size
 
-    @torch.no_grad()
     def __call__(self, waves: Sequence[np.ndarray]) -> list[str]:
-        from speechlm.model.ctc import greedy_decode
-
         device = next(self.model.adapter.parameters()).device
         out: list[str] = []
         for s in range(0, len(waves), self.batch_size):
             batch = [torch.as_tensor(np.asarray(w, dtype=np.float32), device=device) for w in waves[s:s + self.batch_size]]
-            audio, lengths = self.model.adapt(batch)  # [B, A, H], [B]
-            for toks in greedy_decode(self.model.ctc(audio), lengths, self.model.ctc.blank_id):
-                out.append(self.model.tokenizer.decode(self.model.ctc.to_tokens(toks)).strip())
+            out += self.model.ctc_transcribe(batch)
         return out
 
 

@@ -274,6 +274,17 @@ class SpeechLM(nn.Module):
         scores = torch.zeros(len(rep), device=audio.device).index_add_(0, row, token_lp).view(len(waves), n)  # [B, n]
         return [labels[int(j)] for j in scores.argmax(dim=1)]
 
+    @torch.no_grad()
+    def ctc_transcribe(self, waves: list[torch.Tensor], frames: list[torch.Tensor] | None = None) -> list[str]:
+        """The greedy CTC transcript of each clip: what the adapter alone hears, with no LLM forward."""
+        from speechlm.model.ctc import greedy_decode
+
+        if self.ctc is None:
+            raise ValueError("a greedy CTC transcript needs a model with a CTC head (model.ctc_head=true)")
+        audio, lengths = self.adapt(waves, frames)  # [B, A, H], [B]
+        return [self.tokenizer.decode(self.ctc.to_tokens(toks)).strip()
+                for toks in greedy_decode(self.ctc(audio), lengths, self.ctc.blank_id)]
+
     # ---- trainable state ---------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only the trained weights (adapter, LoRA, unfrozen encoder layers) and the CTC head's vocabulary:

@@ -22,7 +22,7 @@ from speechlm.tasks import Task
 class SpeechDataset(Dataset):
     def __init__(self, cuts: list[Cut], task: Task, formatter: PromptFormatter, seed: int = 0,
                  held_out_instructions: bool = False, with_targets: bool = True, skip_bad: bool = False,
-                 tasks: list[Task] | None = None):
+                 tasks: list[Task] | None = None, ctc_targets: bool = False):
         self.cuts = cuts
         self.task = task
         self.tasks = tasks  # multi-task: the task of each example (speechlm.tasks.mixture), else `task` for all
@@ -32,6 +32,7 @@ class SpeechDataset(Dataset):
         self.held_out = held_out_instructions
         self.with_targets = with_targets
         self.skip_bad = skip_bad
+        self.ctc_targets = ctc_targets  # also tokenize each transcript as the CTC target (a model with a CTC head)
         self._prompt = lru_cache(maxsize=256)(self._prompt_uncached)
         # a manifest written by `speechlm prepare --features` carries cached frozen-encoder outputs
         self.use_features = bool(cuts) and "features" in cuts[0].labels
@@ -81,8 +82,8 @@ class SpeechDataset(Dataset):
                 item["target"] = self.formatter.target_ids(task.target_text(text, labels))
             except ValueError as e:
                 raise ValueError(f"{source or cut_id}: {e}") from e
-            # what is spoken, whatever the task asks: the CTC alignment target (speechlm.model.ctc)
-            item["ctc_target"] = self.formatter.ctc_ids(text) if text and text.strip() else []
+            if self.ctc_targets:  # what is spoken, whatever the task asks: the CTC alignment target (speechlm.model.ctc)
+                item["ctc_target"] = self.formatter.ctc_ids(text) if text and text.strip() else []
         return item
 
     def from_shard_item(self, it: dict) -> dict:

@@ -30,10 +30,10 @@ from speechlm.checkpoint import CKPT_DIR, load_training_state, save_checkpoint
 from speechlm.config import RecipeConfig, to_dict
 from speechlm.data.manifest import Cut, ManifestError, validate
 from speechlm.data.sampler import DurationBatchSampler
-from speechlm.training.dataset import SpeechDataset, collate
 from speechlm.model.builders import build_speechlm
 from speechlm.model.speechlm import Batch, SpeechLM
 from speechlm.tasks import get_task
+from speechlm.training.dataset import SpeechDataset, collate
 from speechlm.utils import write_json
 
 # ---------------------------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def validation_metrics(model: SpeechLM, cuts: list[Cut], cfg: RecipeConfig, devi
       dropped on both sides (the report's WER uses Whisper's normalizer).
     """
     task = get_task(cfg.data.task)
-    ds = SpeechDataset(cuts, task, model.formatter, seed=cfg.train.seed)
+    ds = SpeechDataset(cuts, task, model.formatter, seed=cfg.train.seed, ctc_targets=model.ctc is not None)
     items = [ds[i] for i in range(len(ds))]
     sampler = DurationBatchSampler([c.duration for c in cuts], cfg.data.max_seconds_per_batch, cfg.data.max_batch, shuffle=False)
     batches = [list(idx) for idx in sampler]
@@ -157,16 +157,13 @@ def validation_metrics(model: SpeechLM, cuts: list[Cut], cfg: RecipeConfig, devi
     if diagnostics and model.ctc is not None:
         import jiwer
 
-        from speechlm.model.ctc import greedy_decode
-
         refs, hyps = [], []
         for idx in batches:
             batch = move(collate([items[i] for i in idx]), device)
-            audio, lengths = model.adapt(batch.waves, batch.frames)  # [B, A, H], [B]
-            for i, toks in zip(idx, greedy_decode(model.ctc(audio), lengths, model.ctc.blank_id)):
+            for i, hyp in zip(idx, model.ctc_transcribe(batch.waves, batch.frames)):
                 if cuts[i].text and _plain(cuts[i].text):
                     refs.append(_plain(cuts[i].text))
-                    hyps.append(_plain(model.tokenizer.decode(model.ctc.to_tokens(toks))))
+                    hyps.append(_plain(hyp))
         if refs:
             out["ctc_wer"] = float(jiwer.wer(refs, hyps))
     model.train(was_training)
@@ -266,7 +263,8 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
     def make_data(k: int) -> tuple[SpeechDataset, DurationBatchSampler | None]:
         """Dataset and sampler of stage ``k`` (the only stage without a curriculum)."""
         ex_cuts, ex_tasks = stage_data[k]
-        ds = SpeechDataset(ex_cuts, task, model.formatter, seed=cfg.train.seed, skip_bad=cfg.data.skip_bad, tasks=ex_tasks)
+        ds = SpeechDataset(ex_cuts, task, model.formatter, seed=cfg.train.seed, skip_bad=cfg.data.skip_bad, tasks=ex_tasks,
+                           ctc_targets=model.ctc is not None)
         if corpus is not None:
             return ds, None
         return ds, DurationBatchSampler([c.duration for c in ex_cuts], cfg.data.max_seconds_per_batch, cfg.data.max_batch,
