@@ -1,11 +1,15 @@
 """``speechlm demo``: the main job on embedded defaults, CPU only.
 
 1. builds a training corpus: synthetic speech from many male and female Debian voices (espeak-ng, flite;
-   varied rate and pitch) plus the training speakers of the shared real speech, when present;
+   varied rate and pitch; with the `demo` recipe, broad-vocabulary text and room/noise/speed augmentation) plus
+   the training speakers of the shared real speech, when present; caches the frozen encoder's outputs when the
+   recipe says so (``demo.features``), timed apart;
 2. joins the real Whisper tiny.en encoder and SmolLM2-135M-Instruct with a fresh adapter and LoRA, and
-   trains them for at most ``minutes``;
-3. scores, on held-out real clips (speakers never seen in training): the trained model, the same model
-   untrained, and Whisper tiny.en's own decoder; prints the table and writes everything to one run folder.
+   trains them for at most ``minutes`` with the recipe's stage table (`demo`: CTC on the LLM's embeddings
+   alone, then LM + CTC);
+3. scores, on held-out real clips (speakers never seen in training): the trained model, its greedy CTC
+   transcript (a model with a CTC head), the same model untrained, and Whisper tiny.en's own decoder; prints
+   the table and writes everything to one run folder, with data, feature, training and eval minutes.
 """
 
 from __future__ import annotations
