@@ -176,6 +176,69 @@ class DemoConfig:
 
 
 @dataclass
+class UnitsConfig:
+    """Speech tokenizer (`speechlm prepare units MANIFEST OUT`): semantic units, and optional acoustic streams."""
+
+    kind: str = "kmeans"
+    """Semantic tokenizer: `kmeans` (k-means on one encoder layer) or `vq` (a vector-quantised bottleneck trained
+    through the frozen Whisper decoder's cross-entropy on transcripts; CosyVoice S3 / WhisperSpeech)."""
+    encoder: str = "whisper-tiny.en"
+    """Speech encoder whose features are tokenized: a registry name, or a Hugging Face folder / hub id
+    (Whisper, HuBERT, wav2vec2, WavLM)."""
+    layer: int = 3
+    """Encoder layer whose output is tokenized (1-based; 0 = the conv/embedding output)."""
+    k: int = 500
+    """Codebook size K (units 0..K-1)."""
+    seed: int = 0
+    """Seed of k-means++ / the VQ codebook initialisation and of frame sampling."""
+    dedup: bool = True
+    """Merge runs of the same unit and keep their durations (SpeechGPT's reduced units; the durations restore
+    the frame sequence exactly)."""
+    max_fit_frames: int = 200000
+    """Cap on frames used to fit k-means (sampled uniformly with the seed)."""
+    kmeans_iters: int = 50
+    """Lloyd iterations after k-means++ initialisation."""
+    vq_minutes: float = 8.0
+    """`vq`: training budget in minutes (wall clock)."""
+    vq_steps: int = 0
+    """`vq`: training steps (0: until vq_minutes run out)."""
+    vq_dim: int = 64
+    """`vq`: width of the bottleneck (codes are looked up in this space)."""
+    vq_lr: float = 1e-3
+    """`vq`: AdamW learning rate of the bottleneck."""
+    acoustic_streams: int = 0
+    """Acoustic streams: residual k-means on 50-Hz log-mel frames (0: none). With units, stream 0 is the
+    semantic unit and streams 1..N the acoustic codes (ESPnet's codec_ssl layout)."""
+    acoustic_k: int = 256
+    """Codebook size of each acoustic stream."""
+    codec: str = ""
+    """A Hugging Face neural codec (EnCodec, DAC, Mimi) by folder or hub id, instead of residual k-means on mel."""
+
+
+@dataclass
+class VocoderConfig:
+    """Unit vocoder (`speechlm prepare vocoder MANIFEST TOKENIZER_DIR`): units -> durations -> acoustic features -> wave."""
+
+    backend: str = "world"
+    """How features become a wave: `world` (WORLD parameters, synthesised with pyworld) or `griffinlim`
+    (Griffin-Lim from the predicted log-mel)."""
+    minutes: float = 10.0
+    """Training budget in minutes (wall clock)."""
+    max_steps: int = 0
+    """Training steps (0: until `minutes` run out)."""
+    lr: float = 2e-3
+    """AdamW peak learning rate."""
+    hidden: int = 256
+    """Width of the unit embedding, duration predictor and trunk."""
+    layers: int = 4
+    """Convolution blocks in the trunk."""
+    batch_seconds: float = 40.0
+    """Audio seconds per training batch."""
+    seed: int = 0
+    """Seed of initialisation and batch order."""
+
+
+@dataclass
 class RecipeConfig:
     name: str = "custom"
     """Recipe name, for logs and reports."""
@@ -187,6 +250,10 @@ class RecipeConfig:
     """Optimisation and run folder."""
     demo: DemoConfig = field(default_factory=DemoConfig)
     """Data sizes of `speechlm demo` with this recipe (ignored by `speechlm train`)."""
+    units: UnitsConfig = field(default_factory=UnitsConfig)
+    """Speech tokenizer (`speechlm prepare units`)."""
+    vocoder: VocoderConfig = field(default_factory=VocoderConfig)
+    """Unit vocoder (`speechlm prepare vocoder`)."""
 
 
 class ConfigError(ValueError):
@@ -200,7 +267,8 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
         f = known[key]
-        sub = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "demo": DemoConfig}.get(key) if cls is RecipeConfig else None
+        sub = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "demo": DemoConfig,
+               "units": UnitsConfig, "vocoder": VocoderConfig}.get(key) if cls is RecipeConfig else None
         kwargs[key] = _build(sub, value, f"{where}.{key}") if sub else _coerce(value, f, where)
     return cls(**kwargs)
 

@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("data", "backbones"),
     ("tasks",),
     ("model",),
+    ("tokenizers", "vocoders"),
     ("checkpoint",),
     ("training", "inference", "corpora"),
     ("evaluation",),
