@@ -154,6 +154,9 @@ class TrainConfig:
 class DemoConfig:
     """What `speechlm demo --recipe NAME` builds around the recipe (the CLI flags override these)."""
 
+    kind: str = "speechlm"
+    """`speechlm`: train and evaluate a speech LM (ASR, or ASR+X for a multi-task recipe); `speech-tokens`: fit the
+    recipe's tokenizer, train its unit vocoder and score the resynthesis ladder."""
     synthetic: int = 1200
     """Synthetic utterances to synthesize for training (a fifth as many, separately seeded, are held out)."""
     real_per_source: int = 500

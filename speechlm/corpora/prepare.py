@@ -62,6 +62,12 @@ def _real_multitask(src: Path | None, out: Path, workers: int = 2, progress: boo
     return {"train": paths["train"], "test": paths["test"]}
 
 
+def _voice(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 400, seed: int = 0) -> dict[str, Path]:
+    from speechlm.corpora.speech_tokens import build_voice_corpus
+
+    return {"voice": build_voice_corpus(out, n=n, seed=seed, workers=workers, progress=progress)}
+
+
 def _manifest(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 0, seed: int = 0) -> dict[str, Path]:
     """An existing manifest: validated and rewritten with absolute paths (then sharded or featurized)."""
     from speechlm.data.manifest import validate, write_manifest
@@ -79,7 +85,7 @@ def _manifest(src: Path | None, out: Path, workers: int = 2, progress: bool = Tr
 GENERATED: dict[str, Callable[..., dict[str, Path]]] = {"synthetic": _synthetic, "synthetic-broad": _synthetic_broad,
                                                          "multitask": _multitask, "real": _real,
                                                          "real-multitask": _real_multitask, "pseudo": _pseudo,
-                                                         "manifest": _manifest}
+                                                         "manifest": _manifest, "voice": _voice}
 
 
 GENERATED_DOCS: dict[str, str] = {
@@ -90,6 +96,9 @@ GENERATED_DOCS: dict[str, str] = {
     "real-multitask": "the shared real speech with every task label, split by speaker (device, folder or clip where no speaker)",
     "real": "the shared real-speech folder, split by speaker",
     "manifest": "an existing JSONL manifest (validated; then --shards / --features)",
+    "voice": "one Debian voice (flite slt) reading broad-vocabulary sentences: what the unit vocoder learns to speak",
+    "units": "not a corpus: fit the speech tokenizer of --recipe on the manifest SRC into OUT and tokenize SRC",
+    "vocoder": "not a corpus: train the unit vocoder on the one-voice manifest SRC, into the tokenizer folder OUT",
 }
 """One line per generated corpus (``speechlm ls corpora``)."""
 
@@ -103,8 +112,9 @@ def corpora() -> dict[str, Callable[..., dict[str, Path]]]:
 
 def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", shards: int = 0, features: bool = False,
             encoder: str = "whisper-tiny.en", answer_questions: bool = False, llm: str = "smollm2-135m-instruct",
-            n: int = 200, seed: int = 0, workers: int = 2) -> int:
-    """Prepare a corpus into JSONL manifests (`speechlm ls corpora`), or check a manifest with --check.
+            n: int = 200, seed: int = 0, workers: int = 2, recipe: str = "units", set: list[str] = ()) -> int:
+    """Prepare a corpus into JSONL manifests (`speechlm ls corpora`), or check a manifest with --check;
+    `prepare units MANIFEST OUT` fits a speech tokenizer, `prepare vocoder MANIFEST TOKENIZER_DIR` trains its vocoder.
 
     corpus: corpus recipe name (librispeech, commonvoice, vctk, ..., synthetic, real, manifest).
     src: the corpus as downloaded (its root folder or file); `synthetic` needs none, `real` defaults to ../shared/data/real.
@@ -118,12 +128,16 @@ def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", sha
     n: synthetic, synthetic-broad, multitask: utterances to synthesize; real, real-multitask: cap on training clips per source; pseudo: cap on clips to label (0: no cap).
     seed: seed for synthesis plans and speaker splits.
     workers: parallel processes.
+    recipe: units, vocoder: the recipe whose `units` / `vocoder` section configures them (`speechlm ls recipes`).
+    set: units, vocoder: overrides as section.field=value, e.g. units.k=100 units.layer=2 vocoder.minutes=5.
     """
+    if corpus in ("units", "vocoder"):
+        return _speech_tokens(corpus, src, out, recipe, list(set))
     if check:
         from speechlm.data.check import run_check
 
         return run_check(check, out=out or corpus, workers=workers)  # `prepare --check M [REPORT_DIR]`
-    if corpus and src and not out and corpus in ("synthetic", "synthetic-broad", "multitask", "real", "real-multitask", "pseudo"):
+    if corpus and src and not out and corpus in ("voice", "synthetic", "synthetic-broad", "multitask", "real", "real-multitask", "pseudo"):
         src, out = "", src  # `speechlm prepare synthetic OUT`: no source needed (real: the shared folder by default)
     if not corpus or not out:
         raise ValueError("usage: speechlm prepare CORPUS SRC OUT  (or: speechlm prepare --check MANIFEST)")
@@ -160,3 +174,26 @@ def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", sha
 
 
 prepare.cli_positional = ("corpus", "src", "out")
+
+
+def _speech_tokens(what: str, src: str, out: str, recipe: str, overrides: list[str]) -> int:
+    """`prepare units MANIFEST OUT` and `prepare vocoder MANIFEST TOKENIZER_DIR`."""
+    from speechlm.config import load_recipe
+    from speechlm.corpora.speech_tokens import prepare_units, prepare_vocoder
+
+    if not src or not out:
+        raise ValueError(f"usage: speechlm prepare {what} MANIFEST " + ("OUT" if what == "units" else "TOKENIZER_DIR"))
+    manifest = Path(src)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{what}: manifest {src} not found")
+    cfg = load_recipe(recipe, overrides)
+    if what == "units":
+        paths = prepare_units(manifest, Path(out), cfg.units)
+    else:
+        if not (Path(out) / "tokenizer.json").exists():
+            raise FileNotFoundError(f"vocoder: {Path(out) / 'tokenizer.json'} not found: OUT must be a tokenizer folder "
+                                    "(speechlm prepare units MANIFEST OUT)")
+        paths = prepare_vocoder(manifest, Path(out), cfg.vocoder)
+    for name, path in paths.items():
+        print(f"{name}\t{path}", flush=True)
+    return 0

@@ -44,7 +44,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -628,6 +628,7 @@ def build_synthetic_corpus(
     random_word_share: float = 0.3,
     sentence_mix: Mapping[str, float] | None = None,
     augment: bool | AugmentConfig = False,
+    voices: Sequence[str] | None = None,
 ) -> Path:
     """Synthesise ``n_utterances`` sentences into ``out_dir`` and return the manifest path.
 
@@ -651,6 +652,8 @@ def build_synthetic_corpus(
             ``everyday``); default :data:`~speechlm.corpora.text_sources.DEFAULT_SENTENCE_MIX`.
         augment: False (clean TTS), True (default :class:`~speechlm.corpora.augment.AugmentConfig`:
             speed 0.9/1.1, room reverberation, noise, each with its probability) or a config.
+        voices: only these voices, by ``speaker`` label (``flite:slt``, ``espeak-ng:en-us+m3``); default all.
+            One voice gives the single-speaker corpus a unit vocoder trains on (SpeechGPT's is LJSpeech only).
 
     Raises:
         ValueError: an unknown ``text_source`` or a share/weight out of range.
@@ -669,8 +672,12 @@ def build_synthetic_corpus(
     out = Path(out_dir)
     audio_dir = out / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
-    voices = available_voices()
-    plans = _plan(n_utterances, seed, voices, text_source, random_word_share, sentence_mix, aug_cfg)
+    all_voices = available_voices()
+    chosen = [v for v in all_voices if voices is None or v.speaker in voices]
+    if not chosen:
+        raise ValueError(f"none of the voices {list(voices or [])} is installed; installed: "
+                         f"{', '.join(v.speaker for v in all_voices)}")
+    plans = _plan(n_utterances, seed, chosen, text_source, random_word_share, sentence_mix, aug_cfg)
     paths = []
     for p in plans:
         v = p["voice"]

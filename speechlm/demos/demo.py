@@ -50,6 +50,12 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
     synthetic = d.synthetic if synthetic < 0 else synthetic
     real_per_source = d.real_per_source if real_per_source < 0 else real_per_source
     eval_per_subset = d.eval_per_subset if eval_per_subset < 0 else eval_per_subset
+    if d.kind == "speech-tokens":
+        from speechlm.demos.speech_tokens import demo_speech_tokens
+
+        return demo_speech_tokens(recipe, out, synthetic, real_per_source, eval_per_subset, seed)
+    if d.kind != "speechlm":
+        raise ValueError(f"recipe {recipe}: demo.kind must be speechlm or speech-tokens, not {d.kind!r}")
     from speechlm.tasks.mixture import parse_stages
 
     stages = parse_stages(recipe_cfg.train.stages, recipe_cfg.train.max_steps)

@@ -1,0 +1,126 @@
+"""``speechlm demo --recipe units``: speech tokens and the way back to sound, end to end on the CPU.
+
+1. data: one Debian voice for the vocoder (flite slt), many voices plus the shared real training speakers for
+   the tokenizer (units must not depend on who speaks), held-out synthetic sentences in other voices, and the
+   held-out real RAVDESS and spoken-digit speakers;
+2. fit the recipe's tokenizer (``units`` section) and train its unit vocoder (``vocoder`` section), each timed;
+3. the resynthesis ladder (:mod:`speechlm.evaluation.resynthesis`) on the held-out subsets, with WAVs and
+   spectrograms, and the issue's targets checked against the measured figures.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+from speechlm.utils import real_data_root, write_json, write_text
+
+#: Real subsets of ../shared/data/real that have English reference text for the ladder.
+LADDER_CORPORA = ("ravdess", "fsdd")
+
+
+def _sample(cuts: list, k: int, seed: int) -> list:
+    if k <= 0 or len(cuts) <= k:
+        return cuts
+    return sorted(random.Random(seed).sample(cuts, k), key=lambda c: c.id)
+
+
+def demo_speech_tokens(recipe: str, out: str, synthetic: int, real_per_source: int, eval_per_subset: int,
+                       seed: int = 0) -> dict:
+    """Build data, fit the tokenizer, train the vocoder and print the resynthesis ladder (see module doc)."""
+    from speechlm.config import load_recipe
+    from speechlm.corpora.real import prepare_real_splits
+    from speechlm.corpora.speech_tokens import build_voice_corpus, prepare_units, prepare_vocoder
+    from speechlm.corpora.synth import build_synthetic_corpus
+    from speechlm.data.manifest import read_manifest, write_manifest
+    from speechlm.evaluation.resynthesis import ladder_markdown, run_ladder
+    from speechlm.corpora.speech_tokens import load_speech_tokens
+
+    cfg = load_recipe(recipe)
+    run = Path(out)
+    data = run / "data"
+    t0 = time.time()
+    timing: dict[str, float] = {}
+    print(f"[speechlm demo] 1/4 data -> {data}", flush=True)
+    voice = build_voice_corpus(data / "voice", n=synthetic, seed=seed)
+    many = read_manifest(build_synthetic_corpus(data / "voices", n_utterances=synthetic, seed=seed, text_source="mixed"))
+    held = read_manifest(build_synthetic_corpus(data / "heldout", n_utterances=max(eval_per_subset, 10), seed=seed + 1000,
+                                                text_source="mixed"))
+    fit_cuts = list(many) + read_manifest(voice)
+    subsets = {"synthetic (held-out voices and text)": _sample(held, eval_per_subset, seed)}
+    root = real_data_root()
+    if root is not None:
+        splits = prepare_real_splits(root, data / "real", seed=seed, max_train_per_source=real_per_source)
+        fit_cuts += [c for c in read_manifest(splits["train"]) if c.labels.get("language", "en") == "en"]
+        test = read_manifest(splits["test"])
+        for corpus in LADDER_CORPORA:
+            cuts = [c for c in test if c.labels.get("corpus", c.id.split("/")[0]) == corpus and c.text.strip()]
+            if cuts:
+                subsets[f"held-out {corpus}"] = _sample(cuts, eval_per_subset, seed)
+    else:
+        print("[speechlm demo] ../shared/data/real not found: scoring synthetic speech only", flush=True)
+    write_manifest(data / "fit.jsonl", fit_cuts)
+    timing["data_min"] = (time.time() - t0) / 60
+
+    tok_dir = run / "tokenizer"
+    print(f"[speechlm demo] 2/4 fitting the `{cfg.units.kind}` tokenizer (K={cfg.units.k}, layer {cfg.units.layer}) "
+          f"on {len(fit_cuts)} clips -> {tok_dir}", flush=True)
+    t1 = time.time()
+    prepare_units(data / "fit.jsonl", tok_dir, cfg.units)
+    timing["tokenizer_min"] = (time.time() - t1) / 60
+
+    print(f"[speechlm demo] 3/4 training the unit vocoder ({cfg.vocoder.backend}, at most {cfg.vocoder.minutes:g} min)", flush=True)
+    t1 = time.time()
+    prepare_vocoder(voice, tok_dir, cfg.vocoder)
+    timing["vocoder_min"] = (time.time() - t1) / 60
+
+    print("[speechlm demo] 4/4 resynthesis ladder on held-out clips", flush=True)
+    t1 = time.time()
+    tokenizer, vocoder = load_speech_tokens(tok_dir)
+    result = run_ladder(tokenizer, vocoder, subsets, run / "ladder", backend=cfg.vocoder.backend)
+    timing["ladder_min"] = (time.time() - t1) / 60
+    timing["minutes_total"] = (time.time() - t0) / 60
+    result["targets"] = check_targets(result)
+    result["demo"] = {**{k: round(v, 2) for k, v in timing.items()}, "fit_clips": len(fit_cuts),
+                      "eval_clips": {k: len(v) for k, v in subsets.items()}, "recipe": cfg.name}
+    write_json(run / "summary.json", result)
+    report = ladder_markdown(result) + "\n" + targets_markdown(result["targets"], timing)
+    write_text(run / "report.md", report)
+    print(report, flush=True)
+    print(f"[speechlm demo] done in {timing['minutes_total']:.1f} min. Run folder: {run} (report.md, summary.json, "
+          "ladder/samples/*.wav|png, tokenizer/)", flush=True)
+    return result
+
+
+def check_targets(result: dict) -> dict:
+    """Issue 10's targets per subset: copy-synthesis WER within 2 points of the original, unit-resynthesis WER
+    at most 2x copy-synthesis WER (both with predicted and with true durations)."""
+    checks = {}
+    for subset, rungs in result["subsets"].items():
+        orig, copy = rungs["original"]["wer"], rungs.get("copy-world", {}).get("wer")
+        c = {"original_wer": orig, "copy_wer": copy}
+        if copy is not None:
+            c["copy_within_2_points"] = copy - orig <= 0.02
+        for name in ("units", "units+dur"):
+            if name in rungs and copy is not None:
+                c[f"{name}_wer"] = rungs[name]["wer"]
+                c[f"{name}_at_most_2x_copy"] = rungs[name]["wer"] <= 2 * max(copy, 0.0)
+        checks[subset] = c
+    return checks
+
+
+def targets_markdown(checks: dict, timing: dict) -> str:
+    lines = ["## Targets (issue 10)", ""]
+    for subset, c in checks.items():
+        parts = [f"original {100 * c['original_wer']:.1f}%"]
+        if c.get("copy_wer") is not None:
+            parts.append(f"copy-synthesis {100 * c['copy_wer']:.1f}% ({'met' if c['copy_within_2_points'] else 'missed'}: within 2 points)")
+        for name in ("units", "units+dur"):
+            if f"{name}_wer" in c:
+                parts.append(f"{name} {100 * c[f'{name}_wer']:.1f}% ({'met' if c[f'{name}_at_most_2x_copy'] else 'missed'}: <= 2x copy)")
+        lines.append(f"- {subset}: " + "; ".join(parts))
+    fit_train = timing.get("tokenizer_min", 0) + timing.get("vocoder_min", 0)
+    lines.append(f"- tokenizer fit + vocoder training: {fit_train:.1f} CPU minutes "
+                 f"({'met' if fit_train <= 20 else 'missed'}: at most 20)")
+    return "\n".join(lines) + "\n"
