@@ -21,4 +21,14 @@ if ! command -v espeak-ng >/dev/null 2>&1 || ! command -v flite >/dev/null 2>&1;
     echo "speechlm: could not install the TTS voices; run: sudo apt-get install espeak-ng flite" >&2
   fi
 fi
+# 5. Debian's chromium for the web-page test (driven by playwright's Python package; no browser download).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || echo "speechlm: could not install chromium" >&2
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || echo "speechlm: could not install chromium" >&2
+  else
+    echo "speechlm: could not install chromium (the browser test will skip); run: sudo apt-get install chromium" >&2
+  fi
+fi
 echo "speechlm: installed ($($PY -c 'import torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)'))"

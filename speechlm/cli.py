@@ -22,6 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("speechlm.training.loop", "run_train"),
     "transcribe": ("speechlm.inference.transcribe", "transcribe"),
     "eval": ("speechlm.evaluation.asr", "evaluate"),
+    "serve": ("speechlm.serving.app", "serve"),
     "ls": ("speechlm.cli", "ls"),
 }
 """Verb -> (module, function). The function's signature is the verb's command line."""

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("tokenizers", "vocoders"),
     ("checkpoint",),
     ("training", "inference", "corpora"),
-    ("evaluation",),
+    ("evaluation", "serving"),
     ("demos",),
     ("cli",),
 ]
