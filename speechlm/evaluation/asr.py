@@ -2,7 +2,9 @@
 
 Each system (a trained checkpoint, the same model untrained, Whisper's own decoder) answers every clip of
 every manifest; rows go to ``results.jsonl``, metrics per system and subset to ``summary.json``, and a
-Markdown table to ``report.md`` (speechlm.evaluation.report). WER uses Whisper's English normalizer (speechlm.evaluation.metrics).
+Markdown table to ``report.md`` (speechlm.evaluation.report). Clips longer than the model's maximum are split at
+pauses and stitched by the systems themselves (speechlm.inference.long_audio); an empty clip stops with its name.
+WER uses Whisper's English normalizer (speechlm.evaluation.metrics).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from speechlm.data.audio import load_audio
 from speechlm.data.manifest import Cut, validate
 from speechlm.evaluation.report import print_comparison, summarize_rows, write_eval_outputs
+from speechlm.inference.transcribe import check_waves
 
 System = Callable[[Sequence[np.ndarray]], list[str]]
 
@@ -27,6 +30,7 @@ def score_systems(systems: dict[str, System], subsets: dict[str, list[Cut]], tas
     timing: dict[str, dict[str, float]] = {}
     for subset, cuts in subsets.items():
         waves = [load_audio(c.audio, start=c.start, duration=c.duration) for c in cuts]
+        check_waves(waves, names=[f"{c.audio} ({c.id})" for c in cuts])  # an empty clip is named, not a torch error
         audio_s = sum(len(w) for w in waves) / 16000
         refs = [c.text if target == "text" else str(c.labels.get(target, "")) for c in cuts]
         for name, system in systems.items():
