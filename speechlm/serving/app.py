@@ -317,7 +317,7 @@ def _transcription_response(ans: Answer, response_format: str, language: str) ->
                          "text": ans.text, "segments": segments})
 
 
-def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, api_key: str = "", max_upload_mb: float = 25.0,
+def serve(checkpoint: str = "", host: str = "127.0.0.1", port: int = 8000, api_key: str = "", max_upload_mb: float = 25.0,
           max_audio_seconds: float = 600.0, max_batch: int = 8, max_wait_ms: float = 10.0, max_queue: int = 64,
           timeout: float = 120.0, vad: str = "auto", device: str = "cpu") -> int:
     """Serve a checkpoint over an OpenAI-compatible HTTP API, with a web page at /.
@@ -337,6 +337,8 @@ def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, api_key: s
     """
     import uvicorn
 
+    if not checkpoint:
+        raise ValueError("give --checkpoint (a checkpoint folder or a run folder)")
     key = api_key or os.environ.get("SPEECHLM_API_KEY", "")
     engine = Engine.from_checkpoint(checkpoint, device=device, vad=vad, max_batch=max_batch,
                                     max_wait_s=max_wait_ms / 1000, max_queue=max_queue)
