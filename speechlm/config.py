@@ -183,8 +183,10 @@ class UnitsConfig:
     """Speech tokenizer (`speechlm prepare units MANIFEST OUT`): semantic units, and optional acoustic streams."""
 
     kind: str = "kmeans"
-    """Semantic tokenizer: `kmeans` (k-means on one encoder layer) or `vq` (a vector-quantised bottleneck trained
-    through the frozen Whisper decoder's cross-entropy on transcripts; CosyVoice S3 / WhisperSpeech)."""
+    """Tokenizer (`speechlm ls tokenizers`): `kmeans` (k-means on one encoder layer) or `vq` (a vector-quantised
+    bottleneck trained through the frozen Whisper decoder's cross-entropy on transcripts; CosyVoice S3 /
+    WhisperSpeech), each with acoustic streams added when `acoustic_streams` or `codec` is set (the codec_ssl
+    layout); or acoustic streams alone: `mel-rvq` (residual k-means on log-mel) or `hf-codec` (`codec`)."""
     encoder: str = "whisper-tiny.en"
     """Speech encoder whose features are tokenized: a registry name, or a Hugging Face folder / hub id
     (Whisper, HuBERT, wav2vec2, WavLM)."""
@@ -201,6 +203,9 @@ class UnitsConfig:
     """Cap on frames used to fit k-means (sampled uniformly with the seed)."""
     kmeans_iters: int = 50
     """Lloyd iterations after k-means++ initialisation."""
+    batch_size: int = 8
+    """Clips per encoder call when fitting and encoding (real-length encoding: the batch does not change the
+    units)."""
     vq_minutes: float = 8.0
     """`vq`: training budget in minutes (wall clock)."""
     vq_steps: int = 0
@@ -209,6 +214,8 @@ class UnitsConfig:
     """`vq`: width of the bottleneck (codes are looked up in this space)."""
     vq_lr: float = 1e-3
     """`vq`: AdamW learning rate of the bottleneck."""
+    vq_batch: int = 16
+    """`vq`: clips per training step (drawn from neighbours in length order, so little of a batch is padding)."""
     acoustic_streams: int = 0
     """Acoustic streams: residual k-means on 50-Hz log-mel frames (0: none). With units, stream 0 is the
     semantic unit and streams 1..N the acoustic codes (ESPnet's codec_ssl layout)."""
