@@ -257,3 +257,18 @@ def test_delay_with_three_streams_trains_and_decodes_to_shape():
     assert out.dim() == 2 and out.shape[1] == 3
     assert out.shape[0] <= 30 and int(out[-1, 0]) == lay.marker_id(SOS_EOS)
     assert torch.equal(out, f[3:])  # one memorised example comes back, codes and all
+
+
+def test_units_rendering_trains_the_flat_lm():
+    """render_units -> StreamBatch.from_labels -> the loss covers exactly the answer tokens."""
+    from speechlm.tasks import get_task
+    from speechlm.tasks.render import render_units
+
+    llm, tok, lay = _extended()
+    model = DiscreteSpeechLM(llm, lay)
+    task = get_task("asr")
+    rs = [render_units(task, {"text": t}, u, tok, task.instructions[0]) for t, u in (("hello", [1, 2, 3]), ("two", [4]))]
+    batch = StreamBatch.from_labels([r.input_ids for r in rs], [r.labels for r in rs], lay.pad_id)
+    total, frames = model(batch)
+    assert int(frames) == sum(sum(x != -100 for x in r.labels) for r in rs)
+    assert torch.isfinite(total) and total > 0

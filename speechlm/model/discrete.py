@@ -66,6 +66,7 @@ class StreamBatch:
         for i, (f, m) in enumerate(zip(frames, masks)):
             out[i, : f.shape[0]] = f
             mask[i, : f.shape[0]] = torch.as_tensor(m, dtype=torch.bool)
+        mask[:, 0] = False  # nothing predicts the first frame, so it never counts as a target
         return cls(out, mask, lengths)
 
     @classmethod

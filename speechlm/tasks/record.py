@@ -58,6 +58,13 @@ class Task:
     """Sampling weight in multi-task training."""
     stage: int = _UNSET
     """First curriculum stage the task is trained in."""
+    inputs: tuple[tuple[str, str], ...] = _UNSET
+    """ESPnet-style conditions (espnet2/speechlm/definitions.py): (field, modality) pairs, modality `text` or
+    `speech`. Field `audio` is the clip; others are manifest fields (top level, then labels). The first input fills
+    the template's `{audio}` slot. A record with no base and none given reads speech: `(("audio", "speech"),)`."""
+    outputs: tuple[tuple[str, str], ...] = _UNSET
+    """ESPnet-style targets, in answer order. Field `target` is this task's answer (`target_text`); `audio` a spoken
+    answer's units. Default `(("target", "text"),)`: speech in, text out, as every record before these fields."""
 
     def instruction(self, rng: random.Random, held_out: bool = False) -> str:
         pool = self.eval_instructions if held_out and self.eval_instructions else self.instructions
@@ -104,6 +111,10 @@ ANSWER_FORMATS: dict[str, Any] = {
 }
 """How a target field's value is written as answer text, keyed by Task.answer_format."""
 
+DEFAULT_INPUTS: tuple[tuple[str, str], ...] = (("audio", "speech"),)
+DEFAULT_OUTPUTS: tuple[tuple[str, str], ...] = (("target", "text"),)
+"""What a record that names no inputs/outputs (and has no base that does) means: speech in, text out."""
+
 TASKS: dict[str, Task] = {}
 """Task registry keyed by name."""
 
@@ -117,6 +128,8 @@ def register(task: Task) -> Task:
         filled = {f.name: getattr(parent, f.name) for f in dataclasses.fields(Task)
                   if f.name not in ("name", "base") and getattr(task, f.name) is None}
         task = dataclasses.replace(task, **filled)
+    if task.inputs is None or task.outputs is None:  # the defaults keep a record without them speech in -> text out
+        task = dataclasses.replace(task, inputs=task.inputs or DEFAULT_INPUTS, outputs=task.outputs or DEFAULT_OUTPUTS)
     missing = [f.name for f in dataclasses.fields(Task) if f.name not in ("base", "labels") and getattr(task, f.name) is None]
     if missing:
         raise ValueError(f"task {task.name!r}: fields not set: {', '.join(missing)}")
@@ -126,6 +139,9 @@ def register(task: Task) -> Task:
         raise ValueError(f"task {task.name!r}: training and held-out instruction pools overlap")
     if task.loss_mask not in ("answer",):
         raise ValueError(f"task {task.name!r}: unknown loss_mask {task.loss_mask!r}")
+    bad = [io for io in task.inputs + task.outputs if len(io) != 2 or io[1] not in ("text", "speech")]
+    if bad or not task.inputs or not task.outputs:
+        raise ValueError(f"task {task.name!r}: inputs and outputs are non-empty (field, 'text'|'speech') pairs: {bad or 'empty'}")
     if task.answer_format not in ANSWER_FORMATS:
         raise ValueError(f"task {task.name!r}: unknown answer_format {task.answer_format!r}; known: {', '.join(ANSWER_FORMATS)}")
     if len(task.instructions) < 1 or (task.base is None and len(task.eval_instructions) < 1):
