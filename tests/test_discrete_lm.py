@@ -272,3 +272,37 @@ def test_units_rendering_trains_the_flat_lm():
     total, frames = model(batch)
     assert int(frames) == sum(sum(x != -100 for x in r.labels) for r in rs)
     assert torch.isfinite(total) and total > 0
+
+
+def test_peft_wrapped_lm_trains_new_rows_only_and_round_trips(tmp_path):
+    """LoRA + trainable rows under DiscreteSpeechLM: a step leaves the text rows alone, decoding runs through the
+    peft wrappers, and the trainable state reloads with the saved layout checked."""
+    from peft import get_peft_model
+
+    llm, tok, lay = _extended(codec_levels=1, codebook_size=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_llm = get_peft_model(llm, trainable_rows_config(lay, r=4, alpha=8))
+    model = DiscreteSpeechLM(peft_llm, lay)
+    emb = model.causal_lm.get_input_embeddings()
+    ids = torch.arange(lay.lm_vocab)
+    with torch.no_grad():
+        e0 = emb(ids).clone()  # [V', H]
+    g = torch.Generator().manual_seed(0)
+    f, m = _speech_example(lay, [1, 2, 3], torch.randint(0, 8, (3, 1), generator=g))
+    batch = StreamBatch.collate([f], [m], lay.pad_id)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.loss(batch).backward()
+    opt.step()
+    with torch.no_grad():
+        e1 = emb(ids)
+    assert torch.equal(e0[: lay.text_vocab], e1[: lay.text_vocab]) and not torch.equal(e0, e1)
+    out = model.eval().generate(f[:3], max_frames=6, sampling=Sampling("topk", top_k=5), generator=g)
+    assert out.shape[1] == 2
+    state = model.trainable_state_dict()
+    assert any("trainable_tokens" in k for k in state) and any("codec_emb" in k for k in state)
+    lay.save(tmp_path)
+    model.load_trainable_state_dict(state, VocabLayout.load(tmp_path), str(tmp_path))
+    other = VocabLayout.from_json(lay.to_json().replace('"codebook_size": 8', '"codebook_size": 9'))
+    with pytest.raises(LayoutMismatch, match="codebook_size"):
+        model.load_trainable_state_dict(state, other, str(tmp_path))

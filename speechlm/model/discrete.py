@@ -329,3 +329,22 @@ class DiscreteSpeechLM(nn.Module):
         """What a checkpoint stores: every parameter that trains (LoRA, trainable rows, codec tables)."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k in names}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], layout: VocabLayout | None = None,
+                                  where: str = "") -> None:
+        """Copy a :meth:`trainable_state_dict` back; with the checkpoint's saved ``layout``, check it against
+        this model's first (:func:`speechlm.model.vocab.check_layout`), so a reordered vocabulary fails loudly."""
+        from speechlm.model.vocab import check_layout
+
+        if layout is not None:
+            check_layout(layout, self.layout, where)
+        own = dict(self.named_parameters())
+        trainable = {n for n, p in own.items() if p.requires_grad}
+        missing, unknown = trainable - set(state), set(state) - set(own)
+        if missing or unknown:
+            raise KeyError(f"checkpoint does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unknown)[:5]}")
+        with torch.no_grad():
+            for k, v in state.items():
+                if own[k].shape != v.shape:
+                    raise KeyError(f"checkpoint tensor {k} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
+                own[k].copy_(v)
