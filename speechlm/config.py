@@ -246,6 +246,17 @@ class VocoderConfig:
     """Audio seconds per training batch."""
     seed: int = 0
     """Seed of initialisation and batch order."""
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up steps before the cosine decay."""
+    f0_method: str = "dio"
+    """WORLD F0 estimator of the training targets: `dio` (dio + stonemask, fast) or `harvest` (~25x slower)."""
+    envelope_dims: int = 60
+    """Coded WORLD spectral-envelope dims (Merlin's 60 at 16 kHz)."""
+    griffinlim_iters: int = 32
+    """Fast Griffin-Lim iterations of the `griffinlim` back end."""
+    threads: int = 0
+    """torch intra-op threads while training (0 keeps torch's default). 1 is several times faster for a small
+    vocoder on a busy machine, where idle-spinning OpenMP threads wait on each other."""
 
 
 @dataclass
