@@ -24,8 +24,8 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _extended(n_units=16, tasks=("audiolm",), codec_levels=0, codebook_size=0, seed=0):
-    llm, tok = build_tiny_llm("llama", seed=seed)
+def _extended(n_units=16, tasks=("audiolm",), codec_levels=0, codebook_size=0, seed=0, family="llama"):
+    llm, tok = build_tiny_llm(family, seed=seed)
     lay = VocabLayout.for_llm(tok, n_units, tasks=tasks, codec_levels=codec_levels, codebook_size=codebook_size,
                               tokenizer_hash="test-units")
     extend_llm(llm, tok, lay)
@@ -142,9 +142,10 @@ def _speech_example(lay, units, codes=None, task="audiolm"):
     return f, mask
 
 
-@pytest.mark.parametrize("pattern,levels", [("flat", 0), ("parallel", 2), ("delay", 2)])
-def test_teacher_forced_loss_equals_training_loss(pattern, levels):
-    llm, tok, lay = _extended(codec_levels=levels, codebook_size=8 if levels else 0)
+@pytest.mark.parametrize("pattern,levels,family", [("flat", 0, "llama"), ("parallel", 2, "llama"), ("delay", 2, "llama"),
+                                                   ("delay", 1, "qwen2")])
+def test_teacher_forced_loss_equals_training_loss(pattern, levels, family):
+    llm, tok, lay = _extended(codec_levels=levels, codebook_size=8 if levels else 0, family=family)
     model = DiscreteSpeechLM(llm, lay, pattern=pattern, weights={"unit": 0.5, "special": 2.0}).eval()
     g = torch.Generator().manual_seed(1)
     exs = [_speech_example(lay, torch.randint(0, 16, (t,), generator=g).tolist(),

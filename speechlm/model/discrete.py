@@ -145,6 +145,8 @@ class DiscreteSpeechLM(nn.Module):
         units[layout.unit_start:layout.marker_start] = True
         self.register_buffer("_units", units, persistent=False)
         self.sosp_id, self.eosp_id = layout.marker_id(SOSP), layout.marker_id(EOSP)
+        # transformers 5.x renamed the decoder's `past_key_values` argument (and output) to `cache`
+        self._cache_kw = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
 
     # ---- pieces of the LLM, whether or not peft wraps it -------------------------------------------
     @property
@@ -234,7 +236,7 @@ class DiscreteSpeechLM(nn.Module):
     # ---- inference ---------------------------------------------------------------------------------
     def _step(self, rows: torch.Tensor, past=None):
         """rows [1, n, nq] -> last hidden states [1, n, H] and the updated KV cache."""
-        key = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"  # transformers 5 renamed it
+        key = self._cache_kw
         out = self.decoder(inputs_embeds=self.embed(rows), use_cache=True, **{key: past})
         return out.last_hidden_state, getattr(out, key)
 
