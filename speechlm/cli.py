@@ -23,6 +23,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "transcribe": ("speechlm.inference.transcribe", "transcribe"),
     "eval": ("speechlm.evaluation.asr", "evaluate"),
     "serve": ("speechlm.serving.app", "serve"),
+    "resynth": ("speechlm.evaluation.resynthesis", "resynth"),
     "ls": ("speechlm.cli", "ls"),
 }
 """Verb -> (module, function). The function's signature is the verb's command line."""
@@ -32,14 +33,16 @@ REGISTRIES: dict[str, tuple[str, str]] = {
     "adapters": ("speechlm.model.adapter", "ADAPTERS"),
     "llms": ("speechlm.backbones.llm", "LLMS"),
     "sizes": ("speechlm.model.builders", "SIZES"),
+    "tokenizers": ("speechlm.tokenizers.registry", "TOKENIZERS"),
+    "vocoders": ("speechlm.vocoders.registry", "VOCODERS"),
 }
 """Registries listed by ``speechlm ls`` that live in torch modules: read from their source (dict literals)."""
 
 
 def ls(what: str = "all") -> dict[str, dict[str, str]]:
-    """List what is registered: encoders, adapters, llms, tasks, recipes, sizes, corpora (or all).
+    """List what is registered: encoders, adapters, llms, tasks, recipes, sizes, corpora, tokenizers, vocoders (or all).
 
-    what: one of encoders, adapters, llms, tasks, recipes, sizes, corpora, all.
+    what: one of encoders, adapters, llms, tasks, recipes, sizes, corpora, tokenizers, vocoders, all.
     """
     from speechlm.config import list_recipes, recipe_path
     from speechlm.tasks import TASKS
@@ -55,6 +58,8 @@ def ls(what: str = "all") -> dict[str, dict[str, str]]:
                           for k, t in TASKS.items()},
         "recipes": lambda: {k: first_line(recipe_path(k).read_text().lstrip("# ")) for k in list_recipes()},
         "sizes": lambda: read_registry(*REGISTRIES["sizes"]),
+        "tokenizers": lambda: read_registry(*REGISTRIES["tokenizers"]),
+        "vocoders": lambda: read_registry(*REGISTRIES["vocoders"]),
         "corpora": _corpora_docs,
     }
     if what != "all" and what not in tables:

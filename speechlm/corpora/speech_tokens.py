@@ -43,8 +43,16 @@ def _read_waves(manifest: Path, limit: int = 0) -> tuple[list[Any], list[np.ndar
 
     cuts = read_manifest(manifest)
     cuts = cuts[:limit] if limit else cuts
-    waves = [load_audio(c.audio, offset=c.start, duration=c.duration) for c in cuts]
+    waves = [load_audio(c.audio, start=c.start, duration=c.duration) for c in cuts]
     return cuts, waves
+
+
+def unit_runs(tokenizer: Any, seq: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Deduplicated semantic units and their durations [U], whatever the tokenizer's layout (a codec_ssl
+    tokenizer keeps frame-level units in stream 0; the vocoder always reads runs)."""
+    from speechlm.tokenizers.dedup import dedup
+
+    return dedup(tokenizer.frames(seq))
 
 
 def tokenize_manifest(tokenizer: Any, manifest: Path, out: Path, progress: bool = True) -> Path:
@@ -53,9 +61,11 @@ def tokenize_manifest(tokenizer: Any, manifest: Path, out: Path, progress: bool 
     from tqdm.auto import tqdm
 
     cuts, waves = _read_waves(manifest)
+    seqs = []
+    for i in tqdm(range(0, len(cuts), 16), desc="tokenizing", unit="batch", disable=not progress):
+        seqs += tokenizer.encode_batch(waves[i:i + 16], [c.source or c.id for c in cuts[i:i + 16]])
     rows = []
-    for cut, wave in tqdm(list(zip(cuts, waves)), desc="tokenizing", unit="clip", disable=not progress):
-        seq = tokenizer.encode(wave)
+    for cut, seq in zip(cuts, seqs):
         row = {"id": cut.id, "text": cut.text, "units": seq.units.tolist(), "durations": seq.durations.tolist()}
         if getattr(seq, "streams", None) is not None:
             row["streams"] = seq.streams.tolist()
@@ -88,9 +98,10 @@ def prepare_vocoder(manifest: Path, tokenizer_dir: Path, cfg: VocoderConfig, pro
     t0 = time.time()
     cuts, waves = _read_waves(manifest)
     examples = []
-    for wave in tqdm(waves, desc="tokenizing the voice", unit="clip", disable=not progress):
-        seq = tokenizer.encode(wave)
-        examples.append((seq.units, seq.durations, wave))
+    for i in tqdm(range(0, len(waves), 16), desc="tokenizing the voice", unit="batch", disable=not progress):
+        for seq, wave in zip(tokenizer.encode_batch(waves[i:i + 16], [c.source or c.id for c in cuts[i:i + 16]]), waves[i:i + 16]):
+            units, durations = unit_runs(tokenizer, seq)
+            examples.append((units, durations, wave))
     tok_s = time.time() - t0
     train_vocoder(examples, k=tokenizer.k, tokenizer_hash=tokenizer.hash, cfg=cfg, out=tokenizer_dir, progress=progress)
     _log(tokenizer_dir, "vocoder", {"manifest": str(manifest), "config": cfg.__dict__, "clips": len(examples),
