@@ -8,7 +8,8 @@ A tokenizer folder is the unit of exchange of the discrete path::
     OUT/vocoder/                                 the unit vocoder (speechlm.vocoders), trained on OUT's units
     OUT/prepare.json                             what was run and how long each part took
 
-The folder alone turns speech into units and units back into sound (:func:`load_speech_tokens`).
+The folder alone turns speech into units and units back into sound
+(:func:`speechlm.inference.speech_tokens.load_speech_tokens`).
 """
 
 from __future__ import annotations
@@ -47,14 +48,6 @@ def _read_waves(manifest: Path, limit: int = 0) -> tuple[list[Any], list[np.ndar
     return cuts, waves
 
 
-def unit_runs(tokenizer: Any, seq: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Deduplicated semantic units and their durations [U], whatever the tokenizer's layout (a codec_ssl
-    tokenizer keeps frame-level units in stream 0; the vocoder always reads runs)."""
-    from speechlm.tokenizers.dedup import dedup
-
-    return dedup(tokenizer.frames(seq))
-
-
 def tokenize_manifest(tokenizer: Any, manifest: Path, out: Path, progress: bool = True) -> Path:
     """Every clip of ``manifest`` as units: ``out`` gets one line per clip (id, text, units, durations, and
     ``streams`` [F][nq] when the tokenizer has acoustic streams). Written atomically."""
@@ -90,9 +83,11 @@ def prepare_units(manifest: Path, out: Path, cfg: UnitsConfig, progress: bool = 
 def prepare_vocoder(manifest: Path, tokenizer_dir: Path, cfg: VocoderConfig, progress: bool = True) -> dict[str, Path]:
     """Train the unit vocoder on ``manifest`` (one voice) tokenized by the tokenizer in ``tokenizer_dir``;
     it is saved in ``tokenizer_dir/vocoder``."""
+    from tqdm.auto import tqdm
+
+    from speechlm.tokenizers.dedup import unit_runs
     from speechlm.tokenizers.registry import load_tokenizer
     from speechlm.vocoders.train import train_vocoder
-    from tqdm.auto import tqdm
 
     tokenizer = load_tokenizer(tokenizer_dir)
     t0 = time.time()
@@ -116,16 +111,3 @@ def _log(folder: Path, part: str, info: dict) -> None:
     done = json.loads(path.read_text()) if path.exists() else {}
     done[part] = info
     write_json(path, done)
-
-
-def load_speech_tokens(folder: str | Path) -> tuple[Any, Any]:
-    """(tokenizer, vocoder or None) from a tokenizer folder; the vocoder is checked against the tokenizer."""
-    from speechlm.tokenizers.registry import load_tokenizer
-    from speechlm.vocoders.train import load_vocoder
-
-    folder = Path(folder)
-    tokenizer = load_tokenizer(folder)
-    vocoder = None
-    if (folder / "vocoder").exists():
-        vocoder = load_vocoder(folder / "vocoder", tokenizer_hash=tokenizer.hash, k=tokenizer.k)
-    return tokenizer, vocoder

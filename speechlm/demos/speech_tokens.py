@@ -35,7 +35,7 @@ def demo_speech_tokens(recipe: str, out: str, synthetic: int, real_per_source: i
     from speechlm.corpora.synth import build_synthetic_corpus
     from speechlm.data.manifest import read_manifest, write_manifest
     from speechlm.evaluation.resynthesis import ladder_markdown, run_ladder
-    from speechlm.corpora.speech_tokens import load_speech_tokens
+    from speechlm.inference.speech_tokens import load_speech_tokens
 
     cfg = load_recipe(recipe)
     run = Path(out)
@@ -45,8 +45,9 @@ def demo_speech_tokens(recipe: str, out: str, synthetic: int, real_per_source: i
     print(f"[speechlm demo] 1/4 data -> {data}", flush=True)
     voice = build_voice_corpus(data / "voice", n=synthetic, seed=seed)
     many = read_manifest(build_synthetic_corpus(data / "voices", n_utterances=synthetic, seed=seed, text_source="mixed"))
+    # held-out sentences (no random word strings: the judge, Whisper tiny.en, should understand the original)
     held = read_manifest(build_synthetic_corpus(data / "heldout", n_utterances=max(eval_per_subset, 10), seed=seed + 1000,
-                                                text_source="mixed"))
+                                                text_source="mixed", random_word_share=0.0))
     fit_cuts = list(many) + read_manifest(voice)
     subsets = {"synthetic (held-out voices and text)": _sample(held, eval_per_subset, seed)}
     root = real_data_root()

@@ -8,6 +8,9 @@
   :mod:`~speechlm.evaluation.metrics` - the registry that tasks name (``Task.metric``).
 * :mod:`~speechlm.evaluation.probe` - majority and linear-probe baselines on frozen encoder features.
 * :mod:`~speechlm.evaluation.targets` - issue targets as data rows, checked against a summary.
+* :mod:`~speechlm.evaluation.resynthesis` - ``speechlm resynth``: the resynthesis ladder of a tokenizer folder
+  (original, copy synthesis, units -> vocoder, acoustic tokens) scored by Whisper's WER and
+  :mod:`~speechlm.evaluation.speech_metrics` (MCD-DTW, F0 RMSE, V/UV, STOI, speaker similarity).
 * :mod:`~speechlm.evaluation.report`, :mod:`~speechlm.evaluation.plots` - report.md, summary.json, tables, plots.
 
 May import: everything below it (utils ... checkpoint, inference). Not training, corpora, demos.

@@ -31,7 +31,7 @@ QUALITY = ("mcd_db", "f0_rmse_hz", "vuv_error", "stoi", "speaker_sim")
 
 def rung_audio(tokenizer: Any, vocoder: Any, wave: np.ndarray, backend: str = "world") -> dict[str, np.ndarray]:
     """Every rung's audio for one 16-kHz clip (rungs the tokenizer/vocoder cannot make are left out)."""
-    from speechlm.corpora.speech_tokens import unit_runs
+    from speechlm.tokenizers.dedup import unit_runs
     from speechlm.vocoders import griffinlim, world
 
     out = {"original": wave, "copy-world": world.copy_synthesis(wave), "copy-griffinlim": griffinlim.copy_synthesis(wave)}
@@ -140,7 +140,7 @@ def resynth(tokenizer: str, manifest: list[str] = (), out: str = "", n: int = 30
     """
     import random
 
-    from speechlm.corpora.speech_tokens import load_speech_tokens
+    from speechlm.inference.speech_tokens import load_speech_tokens
     from speechlm.data.manifest import read_manifest
 
     if not manifest:

@@ -6,7 +6,13 @@
 * :mod:`~speechlm.model.builders` - :func:`build_speechlm` from a :class:`~speechlm.config.ModelConfig`, named sizes.
 * :mod:`~speechlm.model.features` - cached frozen-encoder outputs and the forward pass that reads them.
 
-The discrete (speech-token) LM will sit beside this one.
+The discrete (speech-token) path beside it:
+
+* :mod:`~speechlm.model.vocab` - :class:`VocabLayout`: unit, marker, task and codec tokens appended after the LLM's
+  vocabulary, frozen, saved and checked on load; ``extend_llm`` (text logits stay bit-identical).
+* :mod:`~speechlm.model.streams` - token-stream patterns ``flat`` / ``parallel`` / ``delay`` (MusicGen, ESPnet).
+* :mod:`~speechlm.model.discrete` - :class:`DiscreteSpeechLM`: a decoder-only LM over units or multi-stream
+  tokens, per-modality loss weights, constrained KV-cache decoding.
 May import: utils, config, data, tasks, backbones. Not checkpoint, training, inference, evaluation, corpora.
 Importing this package is light (no torch); its names load on first use.
 """

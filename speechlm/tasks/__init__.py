@@ -5,6 +5,8 @@ Owns:
   by name), :func:`register` and :func:`get_task`.
 * :mod:`~speechlm.tasks.library` - the shipped records (ASR, emotion, gender, style, timestamps, ASR+X, ...),
   registered when this package is imported.
+* :mod:`~speechlm.tasks.render` - one record, three renderings: the continuous chat prompt (``<|audio|>``), units in
+  the chat template (SpeechGPT's ``<|sosp|> u... <|eosp|>``) and ESPnet-style multi-stream segments.
 * :mod:`~speechlm.tasks.mixture` - multi-task sampling (weights, temperature) and curricula (stage tables).
 
 May import: :mod:`speechlm.utils`, :mod:`speechlm.config`, :mod:`speechlm.data`. Nothing above them.

@@ -34,3 +34,9 @@ def expand(units: np.ndarray, durations: np.ndarray) -> np.ndarray:
     if d.size and int(d.min()) < 1:
         raise ValueError(f"expand: durations must be >= 1, got {int(d.min())} at run {int(d.argmin())}")
     return np.repeat(u.astype(np.int64), d.astype(np.int64))
+
+
+def unit_runs(tokenizer, seq) -> tuple[np.ndarray, np.ndarray]:
+    """Deduplicated semantic units and their durations [U] of a tokenizer's output, whatever its layout (a
+    codec_ssl tokenizer keeps frame-level units in stream 0; a unit vocoder always reads runs)."""
+    return dedup(tokenizer.frames(seq))
