@@ -19,11 +19,13 @@ from speechlm.introspect import EMPTY, read_registry, read_signature
 VERBS: dict[str, tuple[str, str]] = {
     "demo": ("speechlm.demos.demo", "demo"),
     "prepare": ("speechlm.corpora.prepare", "prepare"),
-    "train": ("speechlm.training.loop", "run_train"),
+    "train": ("speechlm.training.discrete", "run_train"),  # continuous recipes go on to speechlm.training.loop
     "transcribe": ("speechlm.inference.transcribe", "transcribe"),
     "eval": ("speechlm.evaluation.asr", "evaluate"),
     "serve": ("speechlm.serving.app", "serve"),
     "resynth": ("speechlm.evaluation.resynthesis", "resynth"),
+    "speak": ("speechlm.inference.speak", "speak"),
+    "chat": ("speechlm.inference.speak", "chat"),
     "ls": ("speechlm.cli", "ls"),
 }
 """Verb -> (module, function). The function's signature is the verb's command line."""

@@ -260,6 +260,48 @@ class VocoderConfig:
 
 
 @dataclass
+class DiscreteConfig:
+    """Discrete speech LM (speechlm.training.discrete): units in the LLM's vocabulary (SpeechGPT) or multi-stream
+    token rows (ESPnet-SpeechLM), trained by its own stage table; `speechlm speak` / `chat` answer with it."""
+
+    rendering: str = ""
+    """`units` (SpeechGPT: speech spans <|sosp|> u.. <|eosp|> inside the LLM's chat template, one stream),
+    `streams` (ESPnet: [T, nq] rows with task and modality markers), or "" (not a discrete recipe: `speechlm
+    train` runs the continuous model)."""
+    tokenizer: str = ""
+    """Tokenizer folder (`speechlm prepare units`, with `prepare vocoder` for speech out); copied into every
+    checkpoint, so a checkpoint folder alone is enough."""
+    llm: str = "smollm2-135m-instruct"
+    """Decoder-only LLM (`speechlm ls llms`) whose vocabulary is extended by the units and markers."""
+    pattern: str = ""
+    """Stream pattern of `streams`: `flat` (one stream), `parallel` or `delay` ("" = flat for one stream, delay
+    otherwise; ESPnet's ARDelayLM)."""
+    stages: list[dict] = field(default_factory=list)
+    """Stage table: rows of {steps, tasks: [name or name:weight], loss_region: answer|turn|all}; steps add up to
+    train.max_steps. SpeechGPT: 1 audiolm on all speech (region all), 2 asr+tts, 3 chain-of-modality. Empty: one
+    stage of data.task over all train.max_steps."""
+    loss_weights: list[str] = field(default_factory=list)
+    """Per-modality loss weights as `modality:weight` (text, unit, special, codec), over the model's defaults
+    (ESPnet's modality_weights)."""
+    batch_size: int = 8
+    """Examples per micro-batch."""
+    full_finetune: bool = False
+    """Train every LLM weight (the paper's stages 1-2; a GPU setting) instead of LoRA + the new rows."""
+    lora_r: int = 8
+    """LoRA rank (SpeechGPT's stage 3: r=8, alpha 16, dropout 0.05 on q,v; src/train/com_sft.py)."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA branch."""
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    """LLM linear layers that get LoRA."""
+    system_prompt: str = ""
+    """System turn of the `units` chat prompt ("" writes an empty one; `default` keeps the template's)."""
+    max_frames: int = 600
+    """Longest rendered example in frames (rows); longer ones are dropped and counted (50 units/s before dedup)."""
+
+
+@dataclass
 class RecipeConfig:
     name: str = "custom"
     """Recipe name, for logs and reports."""
@@ -275,6 +317,8 @@ class RecipeConfig:
     """Speech tokenizer (`speechlm prepare units`)."""
     vocoder: VocoderConfig = field(default_factory=VocoderConfig)
     """Unit vocoder (`speechlm prepare vocoder`)."""
+    discrete: DiscreteConfig = field(default_factory=DiscreteConfig)
+    """Discrete speech LM (`speechlm train` with discrete.rendering set; `speechlm speak`, `chat`)."""
 
 
 class ConfigError(ValueError):
@@ -289,7 +333,8 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
         f = known[key]
         sub = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "demo": DemoConfig,
-               "units": UnitsConfig, "vocoder": VocoderConfig}.get(key) if cls is RecipeConfig else None
+               "units": UnitsConfig, "vocoder": VocoderConfig,
+               "discrete": DiscreteConfig}.get(key) if cls is RecipeConfig else None
         kwargs[key] = _build(sub, value, f"{where}.{key}") if sub else _coerce(value, f, where)
     return cls(**kwargs)
 

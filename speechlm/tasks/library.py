@@ -186,3 +186,69 @@ for _x, _what in (("ser", "emotion"), ("sgc", "gender"), ("ssr-rate", "speaking 
                       f"Transcribe this recording and classify its {_what}."),
         eval_instructions=(f"Give me the words and the {_what}.", f"Type out the speech, then state the {_what}."),
         metric="accuracy_f1", max_answer_tokens=128))
+
+# ---- the discrete path (issue 11): ESPnet-SpeechLM's templates and SpeechGPT's chain of modality --------------
+# Each template is a record with (field, modality) inputs and outputs (espnet2/speechlm/definitions.py:
+# SPEECHLM_TASKS["asr"] reads codec, writes text_bpe; "tts" the reverse; "textlm" / "audiolm" have no
+# conditions). A record whose inputs equal its outputs is a plain LM task: the training renderer writes the
+# sequence alone with the loss on all of it (SpeechGPT's stage 1, ma_pretrain.py: labels = input_ids).
+_TTS_INSTR = (
+    "Try to speak out this sentence, please.",  # SpeechGPT README's TTS-direction example
+    "Read this text aloud.",
+    "Say the following sentence.",
+    "Speak this text.",
+    "Turn this sentence into speech.",
+)
+register(Task(
+    name="tts", base="asr",
+    description="Text to speech: speak the text (units out, then the unit vocoder).",
+    template="{instruction} This is input: {audio}",  # SpeechGPT's "This is input:" (README.md)
+    instructions=_TTS_INSTR,
+    eval_instructions=("Please voice this line.", "Pronounce the sentence below."),
+    inputs=(("text", "text"),), outputs=(("audio", "speech"),),
+    metric="wer", max_answer_tokens=600,  # units, not words: ~25 deduplicated units per second (guess)
+))
+register(Task(
+    name="audiolm", base="asr",
+    description="Audio LM on units (SpeechGPT stage 1, modality adaptation; ESPnet audiolm): the units alone.",
+    template="{audio}",
+    instructions=("Continue the speech.", "Go on speaking.", "Continue this recording.", "Keep talking.",
+                  "Extend the audio."),
+    eval_instructions=("Carry on with the speech.", "What comes next in this audio?"),
+    inputs=(("audio", "speech"),), outputs=(("audio", "speech"),),
+    metric="wer", max_answer_tokens=600,
+))
+register(Task(
+    name="textlm", base="asr",
+    description="Text LM on transcripts (ESPnet textlm): keeps the LLM's text ability while units are learnt.",
+    template="{audio}",
+    instructions=("Continue the text.", "Go on writing.", "Continue this sentence.", "Keep writing.",
+                  "Extend the text."),
+    eval_instructions=("Carry on with the text.", "What comes next in this sentence?"),
+    inputs=(("text", "text"),), outputs=(("text", "text"),),
+    metric="wer",
+))
+register(Task(
+    name="chain-of-modality", base="sttc",
+    description="SpeechGPT stage 3: spoken question -> its transcript, text answer (<|ta|>), spoken answer (<|ua|>).",
+    instructions=(
+        "Answer the spoken question, first in text, then in speech.",
+        "Transcribe the question, answer it, then say the answer.",
+        "Listen, write the question down, reply in text and speak the reply.",
+        "Reply to the speaker in writing and out loud.",
+        "Hear the question, then answer it in text and in speech.",
+    ),
+    eval_instructions=("Respond to this question both written and spoken.", "What is asked? Answer, then speak it."),
+    inputs=(("audio", "speech"),), outputs=(("text", "text"), ("target", "text"), ("answer_audio", "speech")),
+    max_answer_tokens=800,
+))
+from speechlm.tasks.record import get_task as _get_task  # noqa: E402  (appended section)
+
+for _t in ("asr", "tts", "audiolm"):  # ESPnet's codec_ssl_* variants: the same I/O over codec_ssl streams
+    register(Task(
+        name=f"codec_ssl_{_t}", base=_t,
+        description=f"ESPnet codec_ssl_{_t}: {_t} over codec_ssl streams (stream 0 the SSL unit, streams 1.. codec).",
+        # own paraphrases (tasks trained together must not share one; speechlm.tasks.mixture)
+        instructions=tuple(f"[codec_ssl] {i}" for i in _get_task(_t).instructions),
+        eval_instructions=tuple(f"[codec_ssl] {i}" for i in _get_task(_t).eval_instructions),
+    ))

@@ -1,0 +1,196 @@
+"""Discrete speech LM checkpoints: build the model a recipe describes, save it, load it back with its layout checked.
+
+Owns :func:`build_discrete_model` (LLM + vocabulary extension + LoRA and trainable new rows, or full fine-tuning),
+:func:`save_discrete_checkpoint`, :func:`load_discrete_checkpoint` (-> :class:`DiscreteBundle`) and
+:func:`is_discrete_checkpoint`. Training, inference and evaluation all read a discrete checkpoint through here.
+
+Layout of ``RUN/checkpoints/step-NNNNNN/`` (atomic, ``RUN/checkpoints/latest`` names the newest; the file names
+are those of :mod:`speechlm.checkpoint.folder`, so :func:`~speechlm.checkpoint.folder.resolve_checkpoint` works)::
+
+    trainable.safetensors   LoRA, the new rows (peft trainable tokens), codec tables; every LLM weight with full_finetune
+    vocab_layout.json       the frozen vocabulary layout (speechlm.model.vocab), compared field by field on load
+    config.json             the resolved recipe the model is rebuilt from
+    meta.json               step, parameter counts, wall time
+    speech_tokens/          the tokenizer folder (tokenizer.json + .safetensors, vocoder/), without its units/
+    state.safetensors/json  optimizer, scheduler, RNG, stage and data position (speechlm.checkpoint.state)
+
+A checkpoint folder alone is enough: the LLM comes from the registry named in config.json, the speech tokenizer
+and the vocoder from ``speech_tokens/``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from speechlm.checkpoint.folder import WEIGHTS, check_layout, resolve_checkpoint
+from speechlm.checkpoint.state import load_state, save_state
+from speechlm.config import RecipeConfig, from_dict, to_dict
+from speechlm.model.discrete import DiscreteSpeechLM
+from speechlm.model.vocab import LAYOUT_FILE, VocabLayout, extend_llm, trainable_rows_config
+from speechlm.utils import atomic_dir, atomic_open, write_json
+
+SPEECH_TOKENS = "speech_tokens"
+"""Sub-folder of a checkpoint holding the tokenizer folder (and its vocoder)."""
+RENDERINGS = ("units", "streams")
+
+
+@dataclass
+class DiscreteBundle:
+    """Everything a discrete checkpoint folder holds, loaded."""
+
+    model: DiscreteSpeechLM
+    text_tokenizer: Any
+    """The LLM tokenizer, extended by the layout's tokens."""
+    speech_tokenizer: Any
+    """speechlm.tokenizers: waves -> units (and streams)."""
+    vocoder: Any
+    """speechlm.vocoders.UnitVocoder, or None when the tokenizer folder had none (no speech out)."""
+    cfg: RecipeConfig
+    folder: Path
+
+
+def stage_rows(cfg: RecipeConfig) -> list[dict]:
+    """The stage table; without one, a single stage of ``data.task`` over every step."""
+    return list(cfg.discrete.stages) or [{"steps": cfg.train.max_steps, "tasks": [cfg.data.task]}]
+
+
+def layout_tasks(cfg: RecipeConfig) -> tuple[str, ...]:
+    """Task names that get a task marker: every task of the stage table, sorted (weights stripped)."""
+    names = set()
+    for row in stage_rows(cfg):
+        tasks = row.get("tasks", [])
+        for spec in [tasks] if isinstance(tasks, str) else tasks:
+            names.add(str(spec).partition(":")[0].strip())
+    return tuple(sorted(names))
+
+
+def speech_sizes(tokenizer, rendering: str) -> tuple[int, int, int]:
+    """(K units, codec levels Q, codebook size C) a rendering takes from a speech tokenizer's layout."""
+    lay = tokenizer.layout
+    if lay["kind"] in ("mel-rvq", "hf-codec"):
+        raise ValueError(f"a {lay['kind']} tokenizer has no semantic units; the discrete LM needs kmeans, vq or codec_ssl")
+    if rendering == "streams" and lay["streams"] > 1:
+        sizes = lay["stream_sizes"][1:]
+        if len(set(sizes)) != 1:
+            raise ValueError(f"codec streams of different sizes {sizes} are not supported")
+        return tokenizer.k, len(sizes), sizes[0]
+    return tokenizer.k, 0, 0
+
+
+def parse_loss_weights(specs: list[str]) -> dict[str, float]:
+    """["unit:0.5", "codec:0.0625"] -> {"unit": 0.5, "codec": 0.0625}."""
+    out = {}
+    for spec in specs:
+        name, sep, w = str(spec).partition(":")
+        if not sep:
+            raise ValueError(f"discrete.loss_weights: expected modality:weight, got {spec!r}")
+        out[name.strip()] = float(w)
+    return out
+
+
+def build_discrete_model(cfg: RecipeConfig, tokenizer, seed: int | None = None) -> tuple[DiscreteSpeechLM, Any]:
+    """The recipe's LLM with the layout's tokens appended, LoRA + trainable new rows (or fully trainable), wrapped
+    in :class:`DiscreteSpeechLM`. Deterministic given ``seed`` (default ``train.seed``)."""
+    from speechlm.backbones.llm import load_llm
+
+    d = cfg.discrete
+    if d.rendering not in RENDERINGS:
+        raise ValueError(f"discrete.rendering: expected one of {', '.join(RENDERINGS)}, got {d.rendering!r}")
+    seed = cfg.train.seed if seed is None else seed
+    llm, text_tok = load_llm(d.llm)
+    n_units, levels, size = speech_sizes(tokenizer, d.rendering)
+    layout = VocabLayout.for_llm(text_tok, n_units, tasks=layout_tasks(cfg), codec_levels=levels, codebook_size=size,
+                                 tokenizer_hash=tokenizer.hash)
+    extend_llm(llm, text_tok, layout, seed=seed)
+    torch.manual_seed(seed)  # LoRA's initialisation draws from the global generator
+    if d.full_finetune:
+        llm.requires_grad_(True)
+    else:
+        import warnings
+
+        from peft import get_peft_model
+
+        if d.lora_r <= 0:
+            raise ValueError("discrete.lora_r must be > 0 (or set discrete.full_finetune=true)")
+        with warnings.catch_warnings():  # peft warns about tied embeddings: the rows train once, for both ends
+            warnings.simplefilter("ignore")
+            llm = get_peft_model(llm, trainable_rows_config(layout, r=d.lora_r, alpha=d.lora_alpha, dropout=d.lora_dropout,
+                                                            targets=tuple(d.lora_targets)))
+    pattern = d.pattern or None
+    model = DiscreteSpeechLM(llm, layout, pattern=pattern, weights=parse_loss_weights(d.loss_weights), seed=seed)
+    return model, text_tok
+
+
+def _copy_speech_tokens(src: Path, dst: Path) -> None:
+    """The tokenizer folder without its tokenized manifests (units/): what turns speech into units and back."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("units", "*.jsonl"))
+
+
+def save_discrete_checkpoint(model: DiscreteSpeechLM, cfg: RecipeConfig, out_dir: str | Path, step: int,
+                             state: dict | None, tokenizer_dir: str | Path) -> Path:
+    """Write ``OUT/checkpoints/step-NNNNNN`` atomically (files above), then point ``latest`` at it."""
+    from safetensors.torch import save_file
+
+    root = Path(out_dir) / "checkpoints"
+    path = root / f"step-{step:06d}"
+    n_all = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    with atomic_dir(path) as tmp:
+        save_file({k: v.contiguous() for k, v in model.trainable_state_dict().items()}, str(tmp / WEIGHTS))
+        model.layout.save(tmp)
+        write_json(tmp / "config.json", to_dict(cfg))
+        write_json(tmp / "meta.json", {"step": step, "kind": "discrete", "time": time.time(),
+                                       "params": {"total": n_all, "trainable": n_train}})
+        if state is not None:
+            save_state(tmp, state)
+        _copy_speech_tokens(Path(tokenizer_dir), tmp / SPEECH_TOKENS)
+    with atomic_open(root / "latest", "w") as f:
+        f.write(path.name + "\n")
+    return path
+
+
+def is_discrete_checkpoint(path: str | Path) -> bool:
+    """True for a discrete checkpoint folder (or a run folder whose latest checkpoint is one)."""
+    try:
+        return (resolve_checkpoint(path) / LAYOUT_FILE).exists()
+    except FileNotFoundError:
+        return False
+
+
+def _load_speech_tokens(folder: Path) -> tuple[Any, Any]:
+    from speechlm.tokenizers.registry import load_tokenizer
+    from speechlm.vocoders.train import load_vocoder
+
+    tok = load_tokenizer(folder)
+    voc = load_vocoder(folder / "vocoder", tokenizer_hash=tok.hash, k=tok.k) if (folder / "vocoder").exists() else None
+    return tok, voc
+
+
+def load_discrete_checkpoint(path: str | Path, device: str = "cpu") -> DiscreteBundle:
+    """Rebuild the model from the checkpoint's config and its own speech tokenizer, check the saved vocabulary
+    layout against the rebuilt one (:class:`~speechlm.model.vocab.LayoutMismatch` names every differing field),
+    load the trained weights. Eval mode."""
+    from safetensors.torch import load_file
+
+    ckpt = check_layout(resolve_checkpoint(path))
+    saved = VocabLayout.load(ckpt)
+    cfg = from_dict(json.loads((ckpt / "config.json").read_text()))
+    tokenizer, vocoder = _load_speech_tokens(ckpt / SPEECH_TOKENS)
+    model, text_tok = build_discrete_model(cfg, tokenizer)
+    model.load_trainable_state_dict(load_file(str(ckpt / WEIGHTS)), layout=saved, where=str(ckpt))
+    return DiscreteBundle(model.to(device).eval(), text_tok, tokenizer, vocoder, cfg, ckpt)
+
+
+def load_discrete_training_state(path: str | Path) -> tuple[dict, dict, VocabLayout, Path]:
+    """(trainable weights, training state, saved layout, folder) to resume from."""
+    from safetensors.torch import load_file
+
+    ckpt = check_layout(resolve_checkpoint(path), for_resume=True)
+    return load_file(str(ckpt / WEIGHTS)), load_state(ckpt), VocabLayout.load(ckpt), ckpt
