@@ -68,6 +68,12 @@ def _voice(src: Path | None, out: Path, workers: int = 2, progress: bool = True,
     return {"voice": build_voice_corpus(out, n=n, seed=seed, workers=workers, progress=progress)}
 
 
+def _spoken_chat(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 0, seed: int = 0) -> dict[str, Path]:
+    from speechlm.corpora.spoken_chat import build_spoken_chat
+
+    return build_spoken_chat(out, n=n, seed=seed, workers=workers, progress=progress)
+
+
 def _manifest(src: Path | None, out: Path, workers: int = 2, progress: bool = True, n: int = 0, seed: int = 0) -> dict[str, Path]:
     """An existing manifest: validated and rewritten with absolute paths (then sharded or featurized)."""
     from speechlm.data.manifest import validate, write_manifest
@@ -85,7 +91,8 @@ def _manifest(src: Path | None, out: Path, workers: int = 2, progress: bool = Tr
 GENERATED: dict[str, Callable[..., dict[str, Path]]] = {"synthetic": _synthetic, "synthetic-broad": _synthetic_broad,
                                                          "multitask": _multitask, "real": _real,
                                                          "real-multitask": _real_multitask, "pseudo": _pseudo,
-                                                         "manifest": _manifest, "voice": _voice}
+                                                         "manifest": _manifest, "voice": _voice,
+                                                         "spoken-chat": _spoken_chat}
 
 
 GENERATED_DOCS: dict[str, str] = {
@@ -97,6 +104,7 @@ GENERATED_DOCS: dict[str, str] = {
     "real": "the shared real-speech folder, split by speaker",
     "manifest": "an existing JSONL manifest (validated; then --shards / --features)",
     "voice": "one Debian voice (flite slt) reading broad-vocabulary sentences: what the unit vocoder learns to speak",
+    "spoken-chat": "spoken questions in Debian voices, SmolLM2's own text answers, spoken in the vocoder's voice (chain-of-modality data)",
     "units": "not a corpus: fit the speech tokenizer of --recipe on the manifest SRC into OUT and tokenize SRC",
     "vocoder": "not a corpus: train the unit vocoder on the one-voice manifest SRC, into the tokenizer folder OUT",
 }
@@ -137,7 +145,7 @@ def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", sha
         from speechlm.data.check import run_check
 
         return run_check(check, out=out or corpus, workers=workers)  # `prepare --check M [REPORT_DIR]`
-    if corpus and src and not out and corpus in ("voice", "synthetic", "synthetic-broad", "multitask", "real", "real-multitask", "pseudo"):
+    if corpus and src and not out and corpus in ("voice", "spoken-chat", "synthetic", "synthetic-broad", "multitask", "real", "real-multitask", "pseudo"):
         src, out = "", src  # `speechlm prepare synthetic OUT`: no source needed (real: the shared folder by default)
     if not corpus or not out:
         raise ValueError("usage: speechlm prepare CORPUS SRC OUT  (or: speechlm prepare --check MANIFEST)")

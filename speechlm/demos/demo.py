@@ -54,8 +54,13 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
         from speechlm.demos.speech_tokens import demo_speech_tokens
 
         return demo_speech_tokens(recipe, out, synthetic, real_per_source, eval_per_subset, seed)
+    if d.kind == "discrete":  # speechgpt-tiny, espnet-tiny: speechlm.demos.discrete (its own training budget)
+        from speechlm.demos.discrete import demo_discrete
+
+        return demo_discrete(recipe, out, None if minutes == recipe_cfg.train.max_minutes else minutes, synthetic,
+                             real_per_source, eval_per_subset, seed)
     if d.kind != "speechlm":
-        raise ValueError(f"recipe {recipe}: demo.kind must be speechlm or speech-tokens, not {d.kind!r}")
+        raise ValueError(f"recipe {recipe}: demo.kind must be speechlm, speech-tokens or discrete, not {d.kind!r}")
     from speechlm.tasks.mixture import parse_stages
 
     stages = parse_stages(recipe_cfg.train.stages, recipe_cfg.train.max_steps)

@@ -3,8 +3,7 @@
 Owns :class:`DiscreteRunner` (prompt rendering for a task, constrained decoding, parsing what was generated back
 into text and speech, the vocoder), the verbs :func:`speak` (TTS: text -> units -> vocoder -> WAV), :func:`chat`
 (a spoken question -> the text answer, and the spoken answer as a WAV for a chain-of-modality model) and
-:func:`transcribe_discrete` (ASR: units in, text out), and :func:`evaluate_discrete` (TTS WER of the generated
-speech as Whisper tiny.en hears it, discrete ASR WER).
+:func:`transcribe_discrete` (ASR: units in, text out). Scoring them is speechlm.evaluation.discrete.
 
 A checkpoint folder alone is enough (speechlm.checkpoint.discrete): the LLM from the registry named in its
 config, the speech tokenizer, vocoder and vocabulary layout from inside it.
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from speechlm.checkpoint.discrete import DiscreteBundle, load_discrete_checkpoint, speech_sizes
+from speechlm.checkpoint.discrete import DiscreteBundle, load_discrete_checkpoint
 from speechlm.model.discrete import Sampling
 from speechlm.tasks import Task, get_task
 from speechlm.tasks.render import (EOSP, EOT, SOS_EOS, SOSP, SOT, SPEECH, TA, UA, parse_units, render_streams,
@@ -257,41 +256,3 @@ def transcribe_discrete(audio: list[str], checkpoint: str = "", task: str = "asr
         print(f"{path}\t{results[-1]['text']}", flush=True)
     return results
 
-
-def _plain(text: str) -> str:
-    """Lower case, letters, digits and apostrophes (evaluation's Whisper normaliser lives a layer above inference)."""
-    return " ".join("".join(ch if ch.isalnum() or ch == "'" else " " for ch in str(text).lower()).split())
-
-
-def evaluate_discrete(checkpoint: str, manifest: str, n: int = 20, whisper: Any = None, tts_task: str = "",
-                      asr_task: str = "", out_dir: str = "") -> dict[str, Any]:
-    """TTS WER (the generated speech as Whisper tiny.en hears it, ESPnet's speech_edit_distance) and discrete
-    ASR WER on the first ``n`` lines of ``manifest``; with ``out_dir`` the generated WAVs are kept there.
-    ``whisper``: anything called as ``whisper(waves) -> texts`` (default WhisperBaseline("tiny.en-ct2"))."""
-    import jiwer
-
-    from speechlm.data.audio import load_audio, write_audio
-    from speechlm.data.manifest import read_manifest
-    from speechlm.inference.transcribe import WhisperBaseline
-
-    runner = DiscreteRunner.from_checkpoint(checkpoint)
-    cuts = [c for c in read_manifest(manifest) if c.text][:n]
-    multi = speech_sizes(runner.b.speech_tokenizer, runner.rendering)[1] > 0
-    tts_task = tts_task or ("codec_ssl_tts" if multi and "codec_ssl_tts" in runner.tasks else "tts")
-    asr_task = asr_task or ("codec_ssl_asr" if multi and "codec_ssl_asr" in runner.tasks else "asr")
-    refs = [_plain(c.text) for c in cuts]
-    out: dict[str, Any] = {"n": len(cuts)}
-    asr_hyps = [runner.asr(load_audio(c.audio, start=c.start, duration=c.duration), task=asr_task) for c in cuts]
-    out["asr_wer"] = float(jiwer.wer(refs, [_plain(h) or "-" for h in asr_hyps]))
-    if runner.b.vocoder is not None:
-        waves = [runner.tts(c.text, task=tts_task)[0] for c in cuts]
-        if out_dir:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            for c, w in zip(cuts, waves):
-                write_audio(Path(out_dir) / f"{c.id}.wav", w, SAMPLE_RATE)
-        whisper = whisper or WhisperBaseline("tiny.en-ct2")
-        heard = whisper([w if len(w) >= SAMPLE_RATE // 10 else np.zeros(SAMPLE_RATE // 10, np.float32) for w in waves])
-        out["tts_wer"] = float(jiwer.wer(refs, [_plain(h) or "-" for h in heard]))
-        out["tts_seconds"] = float(np.mean([len(w) / SAMPLE_RATE for w in waves]))
-    out["examples"] = [{"id": c.id, "ref": c.text, "asr": h} for c, h in zip(cuts[:5], asr_hyps[:5])]
-    return out

@@ -206,7 +206,9 @@ def transcribe(audio: list[str], checkpoint: str = "", num_beams: int = 1, max_n
                vad: str = "auto", skip_silence: bool = True) -> list[dict]:
     """Transcribe audio files with a trained checkpoint; prints one line per file.
 
-    Files longer than the model's max_audio_seconds are split at pauses and the answers joined.
+    Files longer than the model's max_audio_seconds are split at pauses and the answers joined. A discrete
+    checkpoint (speechlm.checkpoint.discrete) runs its discrete ASR task instead: units in, text out (task
+    default asr; max_new_tokens caps the generated tokens, 0: 200).
 
     checkpoint: checkpoint folder, or run folder (its latest checkpoint).
     audio: audio files (any format soundfile reads; resampled to 16 kHz mono).
@@ -223,6 +225,12 @@ def transcribe(audio: list[str], checkpoint: str = "", num_beams: int = 1, max_n
         raise ValueError("give --checkpoint (a checkpoint folder or a run folder)")
     if not audio:
         raise ValueError("give at least one audio file")
+    from speechlm.checkpoint.discrete import is_discrete_checkpoint
+
+    if is_discrete_checkpoint(checkpoint):  # a discrete speech LM (units in, text out): speechlm.inference.speak
+        from speechlm.inference.speak import transcribe_discrete
+
+        return transcribe_discrete(audio, checkpoint=checkpoint, task=task or "asr", max_frames=max_new_tokens or 200)
     tr = Transcriber.from_checkpoint(checkpoint, task=task or None, device=device, num_beams=num_beams,
                                      max_new_tokens=max_new_tokens, batch_size=batch_size, instruction=instruction or None,
                                      vad=vad)
