@@ -180,4 +180,15 @@ def test_demo_verb_dispatches_discrete_recipes(monkeypatch, tmp_path):
     monkeypatch.setattr(dd, "demo_discrete", lambda *a, **k: seen.append(a) or {"ok": True})
     assert demo(out=str(tmp_path), recipe="espnet-tiny") == {"ok": True}
     assert demo(out=str(tmp_path), recipe="speechgpt-tiny", minutes=5) == {"ok": True}
-    assert seen[0][0] == "espnet-tiny" and seen[0][2] is None and seen[1][2] == 5
+    assert seen[0][0] == "espnet-tiny" and seen[0][2] is None and seen[0][3] == -1 and seen[1][2] == 5
+
+
+def test_the_demo_scales_the_stage_table_to_its_step_budget():
+    from speechlm.checkpoint.discrete import stage_rows
+    from speechlm.config import load_recipe
+    from speechlm.demos.discrete import DEMO_STEPS, scale_stages
+
+    rows = scale_stages(stage_rows(load_recipe("speechgpt-tiny")), DEMO_STEPS)
+    assert [r["steps"] for r in rows] == [36, 72, 12] and rows[0]["loss_region"] == "all"
+    cfg = load_recipe("speechgpt-tiny", [f"discrete.stages={json.dumps(rows)}"])
+    assert [r["steps"] for r in stage_rows(cfg)] == [36, 72, 12]

@@ -57,8 +57,9 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
     if d.kind == "discrete":  # speechgpt-tiny, espnet-tiny: speechlm.demos.discrete (its own training budget)
         from speechlm.demos.discrete import demo_discrete
 
-        return demo_discrete(recipe, out, None if minutes == recipe_cfg.train.max_minutes else minutes, synthetic,
-                             real_per_source, eval_per_subset, seed)
+        return demo_discrete(recipe, out, None if minutes == recipe_cfg.train.max_minutes else minutes,
+                             -1 if steps == recipe_cfg.train.max_steps else steps, synthetic, real_per_source,
+                             eval_per_subset, seed)
     if d.kind != "speechlm":
         raise ValueError(f"recipe {recipe}: demo.kind must be speechlm, speech-tokens or discrete, not {d.kind!r}")
     from speechlm.tasks.mixture import parse_stages

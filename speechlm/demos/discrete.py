@@ -18,6 +18,7 @@ the stage table planned), evaluation ~5.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -25,6 +26,10 @@ from pathlib import Path
 from speechlm.utils import real_data_root, write_json, write_text
 
 TRAIN_MINUTES = 22.0  # of the 40 (issue 11, section 7); the rest is data, tokenizer, vocoder, evaluation
+DEMO_STEPS = 120
+"""Optimizer steps the demo plans, the recipe's stage table scaled to them: README's smoke run measured about 14 s
+a SmolLM2 step (batch 4) on the shared 2-core CPU, so 22 minutes hold ~100-150 steps, not the recipe's 1000; unscaled,
+the time cap would stop training in stage 1 or 2 and chain of modality would never be trained."""
 VOCODER_MINUTES = 6.0  # speechlm.config.VocoderConfig.minutes is 10: cut so the whole demo fits 40 minutes
 CHAT_HELD_OUT = 20  # questions of speechlm.corpora.synth_questions (~150) never trained on
 DIGITS = "fsdd"  # the real spoken digits of ../shared/data/real
@@ -87,12 +92,20 @@ def build_data(run: Path, cfg, synthetic: int, real_per_source: int, eval_per_su
     return data / "train.jsonl", voice, subsets
 
 
-def demo_discrete(recipe: str, out: str, minutes: float | None = None, synthetic: int = -1, real_per_source: int = -1,
+def scale_stages(rows: list[dict], steps: int) -> list[dict]:
+    """The stage table with its steps scaled to ``steps`` in all (each stage keeps at least one)."""
+    total = sum(int(r["steps"]) for r in rows)
+    out = [{**r, "steps": max(1, round(int(r["steps"]) * steps / total))} for r in rows]
+    return out
+
+
+def demo_discrete(recipe: str, out: str, minutes: float | None = None, steps: int = -1, synthetic: int = -1, real_per_source: int = -1,
                   eval_per_subset: int = -1, seed: int = 0, questions: int = 0, overrides: list[str] = (), vocoder_overrides: list[str] = (),
                   whisper=None, progress: bool = True) -> dict:
     """Build data, fit the tokenizer and vocoder, train the recipe's stage table, evaluate (module doc).
 
-    minutes: training time limit (None: TRAIN_MINUTES; 0: none); questions: spoken questions to build (0: all of
+    minutes: training time limit (None: TRAIN_MINUTES; 0: none); steps: optimizer steps, the recipe's stage table
+    scaled to them (-1: DEMO_STEPS; 0: the recipe's own table; ignored when overrides set discrete.stages); questions: spoken questions to build (0: all of
     synth_questions, ~150, CHAT_HELD_OUT of them held out); overrides: recipe overrides for training
     (`discrete.stages=...`); vocoder_overrides: `vocoder.*` overrides; whisper: the TTS judge (default Whisper
     tiny.en)."""
@@ -101,7 +114,14 @@ def demo_discrete(recipe: str, out: str, minutes: float | None = None, synthetic
     from speechlm.evaluation.discrete import evaluate_discrete, report_markdown
     from speechlm.training.discrete import train_discrete
 
+    from speechlm.checkpoint.discrete import stage_rows
+
     base = load_recipe(recipe, list(overrides))
+    steps = DEMO_STEPS if steps < 0 else steps
+    if steps and not any(o.startswith("discrete.stages=") for o in overrides):
+        rows = scale_stages(stage_rows(base), steps)
+        overrides = [f"discrete.stages={json.dumps(rows)}", f"train.max_steps={sum(r['steps'] for r in rows)}",
+                     *overrides]
     d = base.demo
     synthetic = d.synthetic if synthetic < 0 else synthetic
     real_per_source = d.real_per_source if real_per_source < 0 else real_per_source
