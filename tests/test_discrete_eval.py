@@ -192,3 +192,18 @@ def test_the_demo_scales_the_stage_table_to_its_step_budget():
     assert [r["steps"] for r in rows] == [36, 72, 12] and rows[0]["loss_region"] == "all"
     cfg = load_recipe("speechgpt-tiny", [f"discrete.stages={json.dumps(rows)}"])
     assert [r["steps"] for r in stage_rows(cfg)] == [36, 72, 12]
+
+
+def test_espnet_demo_end_to_end_with_a_tiny_llm(tmp_path, monkeypatch):
+    import speechlm.corpora.chat_targets as ct
+    from speechlm.demos.discrete import demo_discrete
+
+    monkeypatch.setattr(ct, "_generate", lambda model, tok, prompts, n: [("Hello world.", False)] * len(prompts))
+    s = demo_discrete("espnet-tiny", str(tmp_path / "demo"), minutes=0, synthetic=8, real_per_source=2,
+                      eval_per_subset=2, questions=6, overrides=[
+                          *TINY, "train.max_steps=3", "discrete.stages=[{steps: 3, tasks: [asr, tts, textlm, audiolm]}]",
+                          "units.k=12", "units.layer=2", "units.acoustic_k=8"],
+                      vocoder_overrides=VOCODER, whisper=StubWhisper(), progress=False)
+    assert s["nq"] == 3 and s["pattern"] == "delay"
+    assert s["targets"]["tts_wer"]["value"] is not None and s["targets"]["com_spoken_vs_text_wer"]["met"] is None
+    assert "asr" in s["subsets"]["held-out spoken questions"]  # no chain-of-modality task: scored as ASR / TTS
