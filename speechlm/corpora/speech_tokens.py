@@ -14,6 +14,7 @@ The folder alone turns speech into units and units back into sound
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -75,7 +76,7 @@ def prepare_units(manifest: Path, out: Path, cfg: UnitsConfig, progress: bool = 
     tokenizer = fit_tokenizer(cfg, manifest, out, progress=progress)
     fit_s = time.time() - t0
     units = tokenize_manifest(tokenizer, manifest, out / "units" / f"{manifest.stem}.jsonl", progress=progress)
-    _log(out, "units", {"manifest": str(manifest), "config": cfg.__dict__, "fit_seconds": round(fit_s, 1),
+    _log(out, "units", {"manifest": str(manifest), "config": dataclasses.asdict(cfg), "fit_seconds": round(fit_s, 1),
                         "tokenize_seconds": round(time.time() - t0 - fit_s, 1), "hash": tokenizer.hash})
     return {"tokenizer": out, "units": units}
 
@@ -99,7 +100,7 @@ def prepare_vocoder(manifest: Path, tokenizer_dir: Path, cfg: VocoderConfig, pro
             examples.append((units, durations, wave))
     tok_s = time.time() - t0
     train_vocoder(examples, k=tokenizer.k, tokenizer_hash=tokenizer.hash, cfg=cfg, out=tokenizer_dir, progress=progress)
-    _log(tokenizer_dir, "vocoder", {"manifest": str(manifest), "config": cfg.__dict__, "clips": len(examples),
+    _log(tokenizer_dir, "vocoder", {"manifest": str(manifest), "config": dataclasses.asdict(cfg), "clips": len(examples),
                                     "hours": round(sum(len(w) for w in waves) / 16000 / 3600, 3),
                                     "tokenize_seconds": round(tok_s, 1), "train_seconds": round(time.time() - t0 - tok_s, 1)})
     return {"vocoder": tokenizer_dir / "vocoder"}

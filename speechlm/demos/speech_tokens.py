@@ -43,7 +43,7 @@ def demo_speech_tokens(recipe: str, out: str, synthetic: int, real_per_source: i
     t0 = time.time()
     timing: dict[str, float] = {}
     print(f"[speechlm demo] 1/4 data -> {data}", flush=True)
-    voice = build_voice_corpus(data / "voice", n=synthetic, seed=seed)
+    voice = build_voice_corpus(data / "voice", n=synthetic, seed=seed + 7)  # its own seed: ids differ from "voices"
     many = read_manifest(build_synthetic_corpus(data / "voices", n_utterances=synthetic, seed=seed, text_source="mixed"))
     # held-out sentences (no random word strings: the judge, Whisper tiny.en, should understand the original)
     held = read_manifest(build_synthetic_corpus(data / "heldout", n_utterances=max(eval_per_subset, 10), seed=seed + 1000,
@@ -65,16 +65,25 @@ def demo_speech_tokens(recipe: str, out: str, synthetic: int, real_per_source: i
     timing["data_min"] = (time.time() - t0) / 60
 
     tok_dir = run / "tokenizer"
-    print(f"[speechlm demo] 2/4 fitting the `{cfg.units.kind}` tokenizer (K={cfg.units.k}, layer {cfg.units.layer}) "
-          f"on {len(fit_cuts)} clips -> {tok_dir}", flush=True)
-    t1 = time.time()
-    prepare_units(data / "fit.jsonl", tok_dir, cfg.units)
-    timing["tokenizer_min"] = (time.time() - t1) / 60
-
-    print(f"[speechlm demo] 3/4 training the unit vocoder ({cfg.vocoder.backend}, at most {cfg.vocoder.minutes:g} min)", flush=True)
-    t1 = time.time()
-    prepare_vocoder(voice, tok_dir, cfg.vocoder)
-    timing["vocoder_min"] = (time.time() - t1) / 60
+    done = _finished(tok_dir, cfg)
+    if "units" in done:
+        print(f"[speechlm demo] 2/4 reusing the tokenizer in {tok_dir} (same recipe section; fitted in "
+              f"{done['units']['fit_seconds'] / 60:.1f} min)", flush=True)
+    else:
+        print(f"[speechlm demo] 2/4 fitting the `{cfg.units.kind}` tokenizer (K={cfg.units.k}, layer {cfg.units.layer}) "
+              f"on {len(fit_cuts)} clips -> {tok_dir}", flush=True)
+        prepare_units(data / "fit.jsonl", tok_dir, cfg.units)
+        done = _finished(tok_dir, cfg)
+    if "vocoder" in done:
+        print(f"[speechlm demo] 3/4 reusing the unit vocoder in {tok_dir / 'vocoder'}", flush=True)
+    else:
+        print(f"[speechlm demo] 3/4 training the unit vocoder ({cfg.vocoder.backend}, at most {cfg.vocoder.minutes:g} min)", flush=True)
+        prepare_vocoder(voice, tok_dir, cfg.vocoder)
+        done = _finished(tok_dir, cfg)
+    # fit / train times as prepare.json recorded them, so a re-run that reuses them reports the same budget
+    timing["tokenizer_min"] = done["units"]["fit_seconds"] / 60
+    timing["tokenize_min"] = done["units"]["tokenize_seconds"] / 60
+    timing["vocoder_min"] = (done["vocoder"]["tokenize_seconds"] + done["vocoder"]["train_seconds"]) / 60
 
     print("[speechlm demo] 4/4 resynthesis ladder on held-out clips", flush=True)
     t1 = time.time()
@@ -92,6 +101,21 @@ def demo_speech_tokens(recipe: str, out: str, synthetic: int, real_per_source: i
     print(f"[speechlm demo] done in {timing['minutes_total']:.1f} min. Run folder: {run} (report.md, summary.json, "
           "ladder/samples/*.wav|png, tokenizer/)", flush=True)
     return result
+
+
+def _finished(tok_dir: Path, cfg) -> dict:
+    """The parts of ``tok_dir/prepare.json`` that were made with this recipe's settings (and whose files exist)."""
+    import dataclasses
+    import json
+
+    path = tok_dir / "prepare.json"
+    log = json.loads(path.read_text()) if path.exists() else {}
+    done = {}
+    if log.get("units", {}).get("config") == dataclasses.asdict(cfg.units) and (tok_dir / "tokenizer.json").exists():
+        done["units"] = log["units"]
+        if log.get("vocoder", {}).get("config") == dataclasses.asdict(cfg.vocoder) and (tok_dir / "vocoder").exists():
+            done["vocoder"] = log["vocoder"]
+    return done
 
 
 def check_targets(result: dict) -> dict:

@@ -297,6 +297,10 @@ def stoi(ref: np.ndarray, syn: np.ndarray, *, extended: bool = False) -> float |
 
 
 @functools.lru_cache(maxsize=1)
+class NoSpeechError(ValueError):
+    """Resemblyzer's voice-activity trim left too little of a wave to embed."""
+
+
 def _voice_encoder():
     """Resemblyzer's pretrained GE2E encoder (weights ship in its wheel), loaded once on the CPU."""
     with warnings.catch_warnings():  # resemblyzer imports scipy.ndimage.morphology, deprecated in SciPy 1.x
@@ -312,7 +316,7 @@ def _speaker_embedding(wave: np.ndarray, name: str) -> np.ndarray:
 
     w = preprocess_wav(wave.astype(np.float32))  # already 16 kHz: volume normalisation + webrtcvad trim only
     if len(w) < MIN_SECONDS * SAMPLE_RATE:
-        raise ValueError(f"{name}: no speech left after Resemblyzer's voice-activity trim "
+        raise NoSpeechError(f"{name}: no speech left after Resemblyzer's voice-activity trim "
                          f"({len(w)} samples)")
     import torch
 
@@ -345,13 +349,20 @@ def speech_quality(ref: np.ndarray, syn: np.ndarray, *, f0_method: str = "harves
 
     The WORLD analysis and the DTW path are computed once and shared by MCD and the F0 metrics. ``stoi``
     is None for pairs whose lengths differ by more than 5 %, and ``f0_rmse_hz`` is None when no aligned
-    pair is voiced in both. ``speaker=False`` skips Resemblyzer (``speaker_sim`` is then None).
+    pair is voiced in both. ``speaker=False`` skips Resemblyzer (``speaker_sim`` is then None); so does a
+    wave in which Resemblyzer's voice-activity trim finds no speech (a short, quiet digit clip, or a failed
+    resynthesis): one such pair must not stop a whole evaluation.
     """
     pair = _Pair(ref, syn, f0_method=f0_method)
     out: dict[str, float | None] = {"mcd_db": pair.mcd()}
     out.update(pair.f0())
     out["stoi"] = stoi(pair.ref, pair.syn)
-    out["speaker_sim"] = speaker_similarity(pair.ref, pair.syn) if speaker else None
+    out["speaker_sim"] = None
+    if speaker:
+        try:
+            out["speaker_sim"] = speaker_similarity(pair.ref, pair.syn)
+        except NoSpeechError:
+            pass
     return out
 
 
