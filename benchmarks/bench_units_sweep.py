@@ -177,7 +177,7 @@ def main() -> int:
             return res
         t = time.time()
         voc = train_vocoder([(u, d, w) for (u, d), w in zip(dd["voice"], waves["voice"])], k=k, tokenizer_hash=name,
-                            cfg=VocoderConfig(minutes=args.vocoder_minutes, seed=args.seed), out=root / "vocoders" / name,
+                            cfg=VocoderConfig(minutes=args.vocoder_minutes, seed=args.seed, threads=1), out=root / "vocoders" / name,
                             progress=False)
         res["vocoder_seconds"] = round(time.time() - t, 1)
         for n in tests:

@@ -156,7 +156,8 @@ class DemoConfig:
 
     kind: str = "speechlm"
     """`speechlm`: train and evaluate a speech LM (ASR, or ASR+X for a multi-task recipe); `speech-tokens`: fit the
-    recipe's tokenizer, train its unit vocoder and score the resynthesis ladder."""
+    recipe's tokenizer, train its unit vocoder and score the resynthesis ladder; `discrete`: the same speech tokens,
+    then a discrete speech LM (SpeechGPT / ESPnet templates) trained and scored on ASR, TTS and chain of modality."""
     synthetic: int = 1200
     """Synthetic utterances to synthesize for training (a fifth as many, separately seeded, are held out)."""
     real_per_source: int = 500

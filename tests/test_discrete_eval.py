@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -207,3 +208,13 @@ def test_espnet_demo_end_to_end_with_a_tiny_llm(tmp_path, monkeypatch):
     assert s["nq"] == 3 and s["pattern"] == "delay"
     assert s["targets"]["tts_wer"]["value"] is not None and s["targets"]["com_spoken_vs_text_wer"]["met"] is None
     assert "asr" in s["subsets"]["held-out spoken questions"]  # no chain-of-modality task: scored as ASR / TTS
+
+
+def test_eval_verb_scores_a_discrete_checkpoint(ckpt, tmp_path):
+    """`speechlm eval --checkpoint DISCRETE` dispatches to the discrete evaluation (real Whisper tiny.en judge)."""
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(ckpt["run"]), "--manifest", str(ckpt["voice"]), "--out", str(out),
+                 "--max-per-task", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    subset = summary["subsets"][Path(ckpt["voice"]).stem]
+    assert subset["n"] == 1 and subset["asr"]["wer"] >= 0 and subset["tts"]["wer"] >= 0

@@ -49,7 +49,10 @@ def demo_speech_tokens(recipe: str, out: str, synthetic: int, real_per_source: i
     held = read_manifest(build_synthetic_corpus(data / "heldout", n_utterances=max(eval_per_subset, 10), seed=seed + 1000,
                                                 text_source="mixed", random_word_share=0.0))
     fit_cuts = list(many) + read_manifest(voice)
-    subsets = {"synthetic (held-out voices and text)": _sample(held, eval_per_subset, seed)}
+    # held-out sentences in the vocoder's own voice: SpeechGPT's case, where the LM generates units in that voice
+    own = read_manifest(build_voice_corpus(data / "voice_heldout", n=max(eval_per_subset, 10), seed=seed + 2000))
+    subsets = {"held-out sentences, the vocoder's voice": _sample(own, eval_per_subset, seed),
+               "synthetic (held-out voices and text)": _sample(held, eval_per_subset, seed)}
     root = real_data_root()
     if root is not None:
         splits = prepare_real_splits(root, data / "real", seed=seed, max_train_per_source=real_per_source)
@@ -125,6 +128,10 @@ def check_targets(result: dict) -> dict:
     for subset, rungs in result["subsets"].items():
         orig, copy = rungs["original"]["wer"], rungs.get("copy-world", {}).get("wer")
         c = {"original_wer": orig, "copy_wer": copy}
+        if orig > 0.5:  # the judge fails on the original itself: a bound of 2x copy is then no bound at all
+            c["not_scored"] = f"Whisper tiny.en's WER on the original audio is {100 * orig:.0f}%"
+            checks[subset] = c
+            continue
         if copy is not None:
             c["copy_within_2_points"] = copy - orig <= 0.02
         for name in ("units", "units+dur"):
@@ -138,6 +145,9 @@ def check_targets(result: dict) -> dict:
 def targets_markdown(checks: dict, timing: dict) -> str:
     lines = ["## Targets (issue 10)", ""]
     for subset, c in checks.items():
+        if "not_scored" in c:
+            lines.append(f"- {subset}: not scored ({c['not_scored']}: the judge cannot tell)")
+            continue
         parts = [f"original {100 * c['original_wer']:.1f}%"]
         if c.get("copy_wer") is not None:
             parts.append(f"copy-synthesis {100 * c['copy_wer']:.1f}% ({'met' if c['copy_within_2_points'] else 'missed'}: within 2 points)")

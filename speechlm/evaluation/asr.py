@@ -69,9 +69,15 @@ def evaluate(manifest: list[str] = (), out: str = "runs/eval", checkpoint: str =
         instructions, constrained vs free decoding, baselines, radar chart and confusion matrices.
     train_manifest: with --tasks, the training manifest for the majority and linear-probe baselines.
     single_task: with --tasks, a checkpoint trained on ASR alone; its WER goes beside the multi-task model's.
-    max_per_task: with --tasks, score a fixed random subset of at most this many clips per task (0: all).
+    max_per_task: with --tasks (or a discrete checkpoint), score a fixed random subset of at most this many clips per task or subset (0: all).
     device: cpu or cuda.
     """
+    from speechlm.checkpoint.discrete import is_discrete_checkpoint
+
+    if checkpoint and is_discrete_checkpoint(checkpoint):  # a discrete speech LM: ASR WER, TTS WER, chain of modality
+        from speechlm.evaluation.discrete import evaluate_discrete
+
+        return evaluate_discrete(checkpoint, {Path(m).stem: m for m in manifest}, out, n=max_per_task)
     from speechlm.inference.transcribe import CTCTranscriber, Transcriber, WhisperBaseline
     from speechlm.tasks import get_task
 

@@ -296,11 +296,11 @@ def stoi(ref: np.ndarray, syn: np.ndarray, *, extended: bool = False) -> float |
     return float(_stoi(r[:n], s[:n], SAMPLE_RATE, extended=extended))
 
 
-@functools.lru_cache(maxsize=1)
 class NoSpeechError(ValueError):
     """Resemblyzer's voice-activity trim left too little of a wave to embed."""
 
 
+@functools.lru_cache(maxsize=1)
 def _voice_encoder():
     """Resemblyzer's pretrained GE2E encoder (weights ship in its wheel), loaded once on the CPU."""
     with warnings.catch_warnings():  # resemblyzer imports scipy.ndimage.morphology, deprecated in SciPy 1.x
