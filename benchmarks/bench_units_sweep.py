@@ -5,7 +5,7 @@
 
 1. **Unit ASR** (every config): how much of the words the units keep. A tiny probe (unit embedding -> three
    dilated convolutions -> CTC over characters) is trained on the units of the fitting corpus for
-   ``--asr-seconds`` and scores character and word error on held-out clips (synthetic sentences in unseen voices,
+   ``--asr-steps`` and scores character and word error on held-out clips (synthetic sentences in unseen voices,
    held-out real RAVDESS / digit speakers).
 2. **Resynthesis** (the configs in ``--resynth``): a unit vocoder (``speechlm.vocoders``) trained for
    ``--vocoder-minutes`` on one Debian voice, then Whisper tiny.en's WER on the resynthesised held-out clips,
@@ -66,8 +66,9 @@ def _batch(seqs: list[np.ndarray], k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def unit_asr(train: list[tuple[np.ndarray, str]], test: dict[str, list[tuple[np.ndarray, str]]], k: int,
-             seconds: float, seed: int = 0) -> dict:
-    """Train :class:`UnitCTC` for ``seconds`` and return WER/CER per test subset (greedy CTC)."""
+             steps: int, seed: int = 0) -> dict:
+    """Train :class:`UnitCTC` for ``steps`` (the same for every config, whatever else shares the CPU) and return
+    WER/CER per test subset (greedy CTC)."""
     from speechlm.evaluation.wer import cer, wer_details
 
     torch.manual_seed(seed)
@@ -75,8 +76,8 @@ def unit_asr(train: list[tuple[np.ndarray, str]], test: dict[str, list[tuple[np.
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     data = [(u, _chars(t)) for u, t in train if _chars(t)]
     rng = random.Random(seed)
-    t0, steps = time.time(), 0
-    while time.time() - t0 < seconds:
+    t0, done = time.time(), 0
+    while done < steps:
         batch = rng.sample(data, min(16, len(data)))
         x, lens = _batch([u for u, _ in batch], k)
         logp, out_lens = model(x, lens)
@@ -86,9 +87,9 @@ def unit_asr(train: list[tuple[np.ndarray, str]], test: dict[str, list[tuple[np.
         opt.zero_grad()
         loss.backward()
         opt.step()
-        steps += 1
+        done += 1
     model.eval()
-    scores = {"steps": steps, "final_loss": round(float(loss.detach()), 3)}
+    scores = {"steps": done, "seconds": round(time.time() - t0, 1), "final_loss": round(float(loss.detach()), 3)}
     with torch.no_grad():
         for name, pairs in test.items():
             x, lens = _batch([u for u, _ in pairs], k)
@@ -112,7 +113,9 @@ def _data(root: Path, n_fit: int, n_voice: int, n_test: int, seed: int) -> dict[
     fit = read_manifest(build_synthetic_corpus(root / "voices", n_utterances=n_fit, seed=seed, text_source="mixed"))
     test = {"synthetic": read_manifest(build_synthetic_corpus(root / "heldout", n_utterances=n_test, seed=seed + 1000,
                                                                  text_source="mixed"))}
-    voice = read_manifest(build_voice_corpus(root / "voice", n=n_voice, seed=seed))
+    voice = read_manifest(build_voice_corpus(root / "voice", n=n_voice, seed=seed + 7))
+    # the vocoder's own voice on unseen sentences: units from other speakers fail (benchmarks/results/units_demo)
+    test["own-voice"] = read_manifest(build_voice_corpus(root / "voice_heldout", n=n_test, seed=seed + 2000))
     real = real_data_root()
     if real is not None:
         splits = prepare_real_splits(real, root / "real", seed=seed, max_train_per_source=100)
@@ -135,7 +138,7 @@ def main() -> int:
     ap.add_argument("--n-fit", type=int, default=500)
     ap.add_argument("--n-voice", type=int, default=300)
     ap.add_argument("--n-test", type=int, default=25)
-    ap.add_argument("--asr-seconds", type=float, default=60.0)
+    ap.add_argument("--asr-steps", type=int, default=300)
     ap.add_argument("--vocoder-minutes", type=float, default=4.0)
     ap.add_argument("--resynth", default="kmeans-L2-K500,kmeans-L3-K500,kmeans-L4-K500",
                     help="configs that also get a vocoder and the resynthesis WER (each costs --vocoder-minutes)")
@@ -171,7 +174,7 @@ def main() -> int:
         res = {"units_per_s_dedup": round(rate, 1),
                "unit_asr": unit_asr(list(zip([u for u, _ in dd["fit"]], texts["fit"])),
                                     {n[5:]: list(zip([u for u, _ in dd[n]], texts[n])) for n in tests}, k,
-                                    args.asr_seconds, args.seed)}
+                                    args.asr_steps, args.seed)}
         if name not in args.resynth.split(","):
             print(name, json.dumps(res), flush=True)
             return res

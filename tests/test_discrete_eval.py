@@ -210,8 +210,15 @@ def test_espnet_demo_end_to_end_with_a_tiny_llm(tmp_path, monkeypatch):
     assert "asr" in s["subsets"]["held-out spoken questions"]  # no chain-of-modality task: scored as ASR / TTS
 
 
-def test_eval_verb_scores_a_discrete_checkpoint(ckpt, tmp_path):
-    """`speechlm eval --checkpoint DISCRETE` dispatches to the discrete evaluation (real Whisper tiny.en judge)."""
+def test_eval_verb_scores_a_discrete_checkpoint(ckpt, tmp_path, monkeypatch):
+    """`speechlm eval --checkpoint DISCRETE` dispatches to the discrete evaluation (stub judge, short generations:
+    a random tiny LM would otherwise speak 10 s of babble for Whisper to decode)."""
+    import functools
+
+    import speechlm.evaluation.discrete as ed
+
+    monkeypatch.setattr(ed, "evaluate_discrete", functools.partial(
+        ed.evaluate_discrete, whisper=StubWhisper(), max_units=40, asr_max_frames=8, chat_max_frames=40, progress=False))
     out = tmp_path / "eval"
     assert main(["eval", "--checkpoint", str(ckpt["run"]), "--manifest", str(ckpt["voice"]), "--out", str(out),
                  "--max-per-task", "1"]) == 0
