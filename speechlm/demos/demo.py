@@ -29,7 +29,7 @@ def _sample(cuts: list, k: int, seed: int) -> list:
 
 def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -1, real_per_source: int = -1,
          eval_per_subset: int = -1, recipe: str = "demo", seed: int = 0) -> dict:
-    """Build a corpus, train the continuous speech LM on real backbones, and compare it with baselines.
+    """Build a corpus, train a speech LM on real backbones (or speech tokens: --recipe units), and score it honestly.
 
     out: run folder (data, checkpoints, logs, loss.png, report.md, summary.json); default runs/RECIPE.
     minutes: training time limit (the loop stops and saves when it is reached); -1: the recipe's train.max_minutes.
@@ -37,7 +37,7 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
     synthetic: synthetic utterances to synthesize for training; -1: the recipe's demo.synthetic.
     real_per_source: cap on training clips per real source (0: no cap); -1: the recipe's demo.real_per_source.
     eval_per_subset: held-out clips scored per subset or task (0: all); -1: the recipe's demo.eval_per_subset.
-    recipe: training recipe (`speechlm ls recipes`); a multi-task recipe (osum-tiny) runs the ASR+X demo and per-task report.
+    recipe: training recipe (`speechlm ls recipes`); a multi-task recipe (osum-tiny) runs the ASR+X demo and per-task report; `units` fits speech tokens and a vocoder and scores the resynthesis ladder; `speechgpt-tiny` / `espnet-tiny` train a discrete speech LM.
     seed: seed for data, splits and training.
     """
     from speechlm.config import load_recipe
