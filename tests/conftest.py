@@ -30,3 +30,14 @@ def tone_manifest(tmp_path: Path) -> Path:
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one torch thread, and other test files may share the two cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

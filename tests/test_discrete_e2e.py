@@ -22,11 +22,8 @@ SGPT_STAGES = ("discrete.stages=[{steps: 2, tasks: [audiolm], loss_region: all},
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")

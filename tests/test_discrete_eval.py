@@ -25,11 +25,8 @@ VOCODER = ["vocoder.max_steps=4", "vocoder.hidden=32", "vocoder.layers=1", "voco
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (conftest.one_thread)."""
 
 
 class StubWhisper:

@@ -16,12 +16,8 @@ from speechlm.tasks.render import EOSP, SOS_EOS, SOSP
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and other test files may share the two cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (conftest.one_thread)."""
 
 
 def _extended(n_units=16, tasks=("audiolm",), codec_levels=0, codebook_size=0, seed=0, family="llama"):

@@ -26,6 +26,7 @@ import inspect
 import torch
 from torch import nn
 
+from speechlm.backbones.unwrap import causal_lm_of, decoder_of
 from speechlm.model.streams import PATTERNS, from_pattern, tail_steps, to_pattern
 from speechlm.model.vocab import MODALITIES, VocabLayout
 from speechlm.tasks.render import EOSP, SOSP
@@ -151,12 +152,11 @@ class DiscreteSpeechLM(nn.Module):
     # ---- pieces of the LLM, whether or not peft wraps it -------------------------------------------
     @property
     def causal_lm(self) -> nn.Module:
-        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        return causal_lm_of(self.llm)
 
     @property
     def decoder(self) -> nn.Module:
-        lm = self.causal_lm
-        return getattr(lm, lm.base_model_prefix)
+        return decoder_of(self.llm)
 
     # ---- ids <-> codec classes -------------------------------------------------------------------
     def _codec_index(self, ids: torch.Tensor) -> torch.Tensor:

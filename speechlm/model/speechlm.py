@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from speechlm.backbones.unwrap import causal_lm_of, decoder_of
+
 IGNORE = -100
 
 
@@ -104,12 +106,11 @@ class SpeechLM(nn.Module):
     # ---- pieces of the LLM, whether or not peft wraps it -------------------------------------------
     @property
     def causal_lm(self) -> nn.Module:
-        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        return causal_lm_of(self.llm)
 
     @property
     def decoder(self) -> nn.Module:
-        lm = self.causal_lm
-        return getattr(lm, lm.base_model_prefix)
+        return decoder_of(self.llm)
 
     @property
     def eos_id(self) -> int:

@@ -18,6 +18,8 @@ Dimension legend:
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import time
 from pathlib import Path
@@ -82,7 +84,6 @@ class MelRVQTokenizer:
         self.cfg = cfg
         self.centroids = centroids.float().contiguous()  # [Q, K, P]
         self.fit_info: dict[str, Any] = {}
-        self._hash: str | None = None
 
     @property
     def streams(self) -> int:
@@ -92,11 +93,10 @@ class MelRVQTokenizer:
     def k(self) -> int:
         return int(self.centroids.shape[1])
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
-        if self._hash is None:
-            self._hash = config_hash(self.cfg, self.tensors())
-        return self._hash
+        """Short hex digest of the config and the codebooks (computed once)."""
+        return config_hash(self.cfg, self.tensors())
 
     @property
     def layout(self) -> dict[str, Any]:

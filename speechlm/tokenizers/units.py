@@ -21,6 +21,8 @@ folder format of :mod:`speechlm.tokenizers.registry`.
 
 from __future__ import annotations
 
+import functools
+
 import dataclasses
 import hashlib
 import json
@@ -157,7 +159,6 @@ class SemanticTokenizer:
         self.cfg = cfg
         self._features = features
         self.fit_info: dict[str, Any] = {}
-        self._hash: str | None = None
 
     @property
     def k(self) -> int:
@@ -170,11 +171,10 @@ class SemanticTokenizer:
             self._features = LayerFeatures(self.cfg.encoder, self.cfg.layer, batch_size=self.cfg.batch_size)
         return self._features
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
-        if self._hash is None:
-            self._hash = config_hash(self.cfg, self.tensors())
-        return self._hash
+        """Short hex digest of the config and the codebooks (computed once)."""
+        return config_hash(self.cfg, self.tensors())
 
     @property
     def layout(self) -> dict[str, Any]:

@@ -342,18 +342,9 @@ def run_train(recipe: str = "tiny", train_manifest: str = "", val_manifest: str 
     skip_bad: skip and count bad manifest lines / audio instead of stopping (data.skip_bad).
     set: further overrides as section.field=value, e.g. model.adapter=conv train.lr=5e-4.
     """
-    from speechlm.config import load_recipe
     from speechlm.training import loop
 
-    overrides = list(set)
-    for key, value in (("data.train_manifest", train_manifest), ("data.val_manifest", val_manifest), ("train.out_dir", out_dir)):
-        if value:
-            overrides.append(f"{key}={value}")
-    if max_steps > 0:
-        overrides.append(f"train.max_steps={max_steps}")
-    if skip_bad:
-        overrides.append("data.skip_bad=true")
-    cfg = load_recipe(recipe, overrides)
+    cfg = loop.recipe_from_cli(recipe, train_manifest, val_manifest, out_dir, max_steps, skip_bad, set)
     if cfg.discrete.rendering:
         return train_discrete(cfg, resume=resume or None)
     return loop.train(cfg, resume=resume or None)

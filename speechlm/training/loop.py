@@ -500,9 +500,16 @@ def run_train(recipe: str = "tiny", train_manifest: str = "", val_manifest: str 
     skip_bad: skip and count bad manifest lines / audio instead of stopping (data.skip_bad).
     set: further overrides as section.field=value, e.g. model.adapter=conv train.lr=5e-4.
     """
+    return train(recipe_from_cli(recipe, train_manifest, val_manifest, out_dir, max_steps, skip_bad, set),
+                 resume=resume or None)
+
+
+def recipe_from_cli(recipe: str, train_manifest: str = "", val_manifest: str = "", out_dir: str = "",
+                    max_steps: int = 0, skip_bad: bool = False, overrides: list[str] = ()) -> RecipeConfig:
+    """The recipe `speechlm train` runs: the named recipe with the command line's flags and ``--set`` applied."""
     from speechlm.config import load_recipe
 
-    overrides = list(set)
+    overrides = list(overrides)
     for key, value in (("data.train_manifest", train_manifest), ("data.val_manifest", val_manifest), ("train.out_dir", out_dir)):
         if value:
             overrides.append(f"{key}={value}")
@@ -510,4 +517,4 @@ def run_train(recipe: str = "tiny", train_manifest: str = "", val_manifest: str 
         overrides.append(f"train.max_steps={max_steps}")
     if skip_bad:
         overrides.append("data.skip_bad=true")
-    return train(load_recipe(recipe, overrides), resume=resume or None)
+    return load_recipe(recipe, overrides)
