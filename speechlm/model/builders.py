@@ -3,10 +3,17 @@
 ``build_speechlm(cfg)`` loads the encoder and LLM by name (registry name, local folder or hub id),
 freezes them, adds the adapter and LoRA. ``SIZES`` maps a size name to its ModelConfig; ``tiny`` uses random
 tiny backbones (tests), ``smol`` the real Whisper tiny.en + SmolLM2-135M-Instruct.
+
+Precision and attention kernel (``model.dtype``, ``model.attn_implementation``): the frozen backbones are loaded in
+``dtype`` with transformers' attention kernel; every trained parameter (adapter, LoRA, CTC head, unfrozen encoder
+layers) is kept in fp32 (master weights, as mixed-precision training keeps them: Micikevicius et al. 2018,
+arXiv 1710.03740). The parts cast what they hand on (``SpeechEncoder`` returns fp32 frames; ``SpeechLM.splice``
+casts audio to the LLM's embedding dtype; peft casts LoRA inputs), so a forward runs with autocast on or off.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 
 import torch
@@ -25,8 +32,38 @@ ENCODERS: dict[str, str] = {
 }
 """Encoder registry; any other string is a Hugging Face Whisper folder or hub id."""
 
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+"""``model.dtype`` values and the torch dtype of the frozen backbone weights."""
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "flash_attention_2", "eager")
+"""``model.attn_implementation`` values (transformers' names, plus ``auto``)."""
 
-def build_tiny_whisper_encoder(seed: int = 0) -> nn.Module:
+
+def backbone_dtype(name: str) -> torch.dtype:
+    """``model.dtype`` -> torch dtype; a clear error naming the field for anything else."""
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype: expected one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def resolve_attn_implementation(name: str, dtype: torch.dtype = torch.float32,
+                                device: str | torch.device | None = None) -> str:
+    """``model.attn_implementation`` -> the name transformers gets. ``auto`` is ``flash_attention_2`` when the
+    flash-attn package is importable, the model runs on CUDA (``device``, else whether CUDA is available) and its
+    weights are bf16 (flash-attn has no fp32 kernels), else ``sdpa``."""
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"model.attn_implementation: expected one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {name!r}")
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if name == "flash_attention_2" and not has_flash:
+        raise ValueError("model.attn_implementation=flash_attention_2 needs the flash-attn package and a CUDA GPU; "
+                         "use sdpa (or auto, which picks flash-attn only where it runs)")
+    if name != "auto":
+        return name
+    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    return "flash_attention_2" if has_flash and on_cuda and dtype == torch.bfloat16 else "sdpa"
+
+
+def build_tiny_whisper_encoder(seed: int = 0, dtype: torch.dtype = torch.float32,
+                               attn_implementation: str | None = None) -> nn.Module:
     from transformers import WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -37,29 +74,39 @@ def build_tiny_whisper_encoder(seed: int = 0) -> nn.Module:
         max_source_positions=1500, vocab_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         decoder_start_token_id=1,
     )
-    return WhisperEncoder(cfg)
+    enc = WhisperEncoder(cfg)
+    if attn_implementation:
+        enc.set_attn_implementation(attn_implementation)
+    return enc.to(dtype)
 
 
-def load_encoder(name: str) -> nn.Module:
-    """A Hugging Face ``WhisperEncoder`` by registry name, folder or hub id."""
+def load_encoder(name: str, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None) -> nn.Module:
+    """A Hugging Face ``WhisperEncoder`` by registry name, folder or hub id, in ``dtype``, with transformers'
+    ``attn_implementation`` (None: transformers' default, SDPA)."""
     if name == "tiny-whisper":
-        return build_tiny_whisper_encoder()
+        return build_tiny_whisper_encoder(dtype=dtype, attn_implementation=attn_implementation)
     from speechlm.backbones.whisper import load_whisper
 
-    bundle = load_whisper("tiny.en-ct2" if name == "whisper-tiny.en" else name)
+    bundle = load_whisper("tiny.en-ct2" if name == "whisper-tiny.en" else name, dtype=dtype,
+                          attn_implementation=attn_implementation)
     return bundle.model.get_encoder()
 
 
-def build_speechlm(cfg: ModelConfig, seed: int = 0) -> SpeechLM:
-    """Encoder (frozen but its top ``train_encoder_layers``) -> adapter -> LLM (LoRA or frozen)."""
-    whisper = load_encoder(cfg.encoder)
+def build_speechlm(cfg: ModelConfig, seed: int = 0, device: str | torch.device | None = None) -> SpeechLM:
+    """Encoder (frozen but its top ``train_encoder_layers``) -> adapter -> LLM (LoRA or frozen).
+
+    Backbones in ``cfg.dtype`` with ``cfg.attn_implementation`` (``auto`` resolved for ``device``); trained
+    parameters in fp32. With ``device`` the model is returned there, else on the CPU."""
+    dtype = backbone_dtype(cfg.dtype)
+    attn = resolve_attn_implementation(cfg.attn_implementation, dtype, device)
+    whisper = load_encoder(cfg.encoder, dtype, attn)
     encoder = SpeechEncoder(whisper, pad_to_30s=cfg.pad_audio_to_30s)
     encoder.requires_grad_(False)
     if cfg.train_encoder_layers > 0:
         for layer in whisper.layers[-cfg.train_encoder_layers:]:
             layer.requires_grad_(True)
         whisper.layer_norm.requires_grad_(True)
-    llm, tokenizer = load_llm(cfg.llm)
+    llm, tokenizer = load_llm(cfg.llm, dtype, attn)
     llm.requires_grad_(False)
     if cfg.lora_r > 0:
         from peft import LoraConfig, get_peft_model
@@ -68,10 +115,12 @@ def build_speechlm(cfg: ModelConfig, seed: int = 0) -> SpeechLM:
             # peft reads transformers' deprecated `is_gradient_checkpointing` alias (peft_model.py); the
             # FutureWarning is about peft's code, not the user's, so exactly that one is silenced here.
             warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            # autocast_adapter_dtype (peft's default, said here because it matters): LoRA weights in fp32 on a bf16
+            # base layer; peft casts the layer input to the LoRA dtype and the sum back (peft tuners/lora/layer.py)
             llm = get_peft_model(llm, LoraConfig(
                 r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                 target_modules=list(cfg.lora_targets), bias="none",
-            ))
+            ), autocast_adapter_dtype=True)
     if cfg.adapter not in ADAPTERS:
         raise KeyError(f"unknown adapter {cfg.adapter!r}; choose from {', '.join(ADAPTERS)}")
     torch.manual_seed(seed)  # adapter init depends on the seed only, not on what loaded before
@@ -84,8 +133,13 @@ def build_speechlm(cfg: ModelConfig, seed: int = 0) -> SpeechLM:
     if (cfg.compress_audio or cfg.posterior_input) and not cfg.ctc_head:
         raise ValueError("model.compress_audio and model.posterior_input need model.ctc_head=true (they read the CTC posteriors)")
     ctc = EmbeddingCTCHead(embedding) if cfg.ctc_head else None
-    return SpeechLM(encoder, adapter, llm, tokenizer, audio_token=cfg.audio_token, system_prompt=cfg.system_prompt,
-                    ctc=ctc, compress_audio=cfg.compress_audio, posterior_input=cfg.posterior_input)
+    model = SpeechLM(encoder, adapter, llm, tokenizer, audio_token=cfg.audio_token, system_prompt=cfg.system_prompt,
+                     ctc=ctc, compress_audio=cfg.compress_audio, posterior_input=cfg.posterior_input)
+    with torch.no_grad():  # fp32 master weights for everything trained (unfrozen encoder layers loaded in dtype)
+        for p in model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
+    return model.to(device) if device is not None else model
 
 
 SIZES: dict[str, ModelConfig] = {
@@ -105,4 +159,5 @@ def speechlm_smol(**overrides) -> SpeechLM:
     return build_speechlm(ModelConfig(**{**SIZES["smol"].__dict__, **overrides}))
 
 
-__all__ = ["ENCODERS", "LLMS", "ADAPTERS", "SIZES", "build_speechlm", "speechlm_tiny", "speechlm_smol", "load_encoder"]
+__all__ = ["ENCODERS", "LLMS", "ADAPTERS", "SIZES", "DTYPES", "ATTN_IMPLEMENTATIONS", "build_speechlm", "speechlm_tiny",
+           "speechlm_smol", "load_encoder", "backbone_dtype", "resolve_attn_implementation"]

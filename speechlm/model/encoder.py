@@ -9,6 +9,12 @@ Whisper was trained on 30-s windows and the Hugging Face encoder refuses anythin
 and the layers run on the real frames, with the positional table sliced to F positions and an attention
 mask over the padding between clips of one batch. ``pad_to_30s=True`` keeps Whisper's own setup for
 comparison (the output is then cut back to the real frames).
+
+The padding mask takes the form the encoder's attention kernel reads (``config._attn_implementation``): a boolean
+[B, 1, 1, F] for SDPA (any query dtype), a [B, F] keep mask for flash-attention (transformers unpads by it), an
+additive float mask in the scores' dtype for eager. The weights may be bf16 (``model.dtype``) with the trained top
+layers in fp32: the mel goes in at the stem's dtype, each layer gets its input in its own weights' dtype (so the
+forward runs with autocast off), and the frames come out in fp32 for the adapter's fp32 weights.
 """
 
 from __future__ import annotations
@@ -62,7 +68,12 @@ class SpeechEncoder(nn.Module):
         return (log + 4.0) / 4.0
 
     def features(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch of clips -> padded mel [B, M, T] and mel lengths [B]."""
+        """Batch of clips -> padded mel [B, M, T] and mel lengths [B], in fp32 even under autocast (the filterbank
+        matmul in bf16 would round the power spectrum to 3 significant digits before the log)."""
+        with torch.autocast(waves[0].device.type, enabled=False):
+            return self._features(waves)
+
+    def _features(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pad_to_30s:
             mels = [self.log_mel(nn.functional.pad(w, (0, max(0, CHUNK_SAMPLES - w.numel())))[:CHUNK_SAMPLES]) for w in waves]
             lengths = torch.tensor([min(w.numel() // HOP, 2 * self.max_frames) for w in waves])
@@ -81,7 +92,7 @@ class SpeechEncoder(nn.Module):
             raise ValueError(f"audio longer than {2 * self.max_frames * HOP / SAMPLE_RATE:.0f} s reached the encoder")
         enc = self.encoder
         lengths = (mel_lengths + 1) // 2  # [B] frames after the stride-2 conv (ceil(T/2))
-        x = nn.functional.gelu(enc.conv1(mel))  # [B, D, T]
+        x = nn.functional.gelu(enc.conv1(mel.to(enc.conv1.weight.dtype)))  # [B, D, T]
         if not self.pad_to_30s:
             # conv1 outputs past a clip's end would leak into its last conv2 frame; a clip encoded alone sees zeros
             valid = torch.arange(x.shape[-1], device=x.device)[None, :] < mel_lengths.to(x.device)[:, None]  # [B, T]
@@ -90,22 +101,35 @@ class SpeechEncoder(nn.Module):
         x = x.transpose(1, 2)  # [B, F, D]
         f = x.shape[1]
         x = x + enc.embed_positions.weight[:f]  # slice the learned/sinusoidal table to the real length
-        mask = None
+        valid = None
         if not self.pad_to_30s and lengths.min() < f:
-            keep = torch.arange(f, device=x.device)[None, :] < lengths.to(x.device)[:, None]  # [B, F]
-            mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device)
-            mask = mask.masked_fill(~keep, torch.finfo(x.dtype).min)[:, None, None, :]  # [B, 1, 1, F]
-            mask = mask.expand(-1, 1, f, -1)  # [B, 1, F, F]
+            valid = torch.arange(f, device=x.device)[None, :] < lengths.to(x.device)[:, None]  # [B, F]
         for layer in enc.layers:
-            out = layer(x, mask)
+            dtype = next(layer.parameters()).dtype  # fp32 for a trained top layer over bf16 frozen ones
+            x = x.to(dtype)
+            out = layer(x, self.attention_mask(valid, dtype) if valid is not None else None)
             x = out[0] if isinstance(out, tuple) else out  # transformers 4.x returns a tuple, 5.x a tensor
-        x = enc.layer_norm(x)  # [B, F, D]
+        x = enc.layer_norm(x.to(enc.layer_norm.weight.dtype))  # [B, F, D]
         if self.pad_to_30s:
             x = x[:, : int(lengths.max())]
         # Zero the frames past each clip's end: the adapter stacks/convolves neighbours, and a clip's output
         # must not depend on which longer clips share its batch.
         keep = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]  # [B, F]
-        return x * keep[..., None], lengths
+        return (x * keep[..., None]).float(), lengths
+
+    def attention_mask(self, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Padding mask from ``valid`` [B, F] (True on real frames) in the form the attention kernel reads; ``dtype``
+        is the layer's weights' (what the scores are in unless autocast is on)."""
+        impl = getattr(self.encoder.config, "_attn_implementation", None) or "eager"
+        if impl.startswith("flash_attention"):
+            return valid.long()  # [B, F]: transformers' flash path unpads the keys and queries by it
+        if impl == "sdpa":
+            return valid[:, None, None, :]  # [B, 1, 1, F] boolean, True = attend: SDPA takes it for any query dtype
+        dev = valid.device.type
+        if torch.is_autocast_enabled(dev):  # the q·k matmul runs in the autocast dtype
+            dtype = torch.get_autocast_dtype(dev)
+        mask = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+        return mask.masked_fill(~valid, torch.finfo(dtype).min)[:, None, None, :]  # [B, 1, 1, F] additive
 
 
 def num_frames(num_samples: int) -> int:
