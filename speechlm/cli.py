@@ -26,6 +26,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "resynth": ("speechlm.evaluation.resynthesis", "resynth"),
     "speak": ("speechlm.inference.speak", "speak"),
     "chat": ("speechlm.inference.speak", "chat"),
+    "export": ("speechlm.export.hf", "export"),
     "ls": ("speechlm.cli", "ls"),
 }
 """Verb -> (module, function). The function's signature is the verb's command line."""

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("model",),
     ("tokenizers", "vocoders"),
     ("checkpoint",),
-    ("training", "inference", "corpora"),
+    ("training", "inference", "corpora", "export"),
     ("evaluation", "serving"),
     ("demos",),
     ("cli",),
