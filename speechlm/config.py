@@ -136,7 +136,20 @@ class TrainConfig:
     clip_grad: float = 1.0
     """Gradient-norm clipping threshold (0 disables)."""
     bf16: bool = False
-    """bf16 autocast for the forward pass (fast on GPUs and CPUs with AVX512-BF16/AMX; slow on plain AVX2)."""
+    """bf16 autocast for the forward pass (fast on GPUs and CPUs with AVX512-BF16/AMX; slow on plain AVX2). With
+    strategy `fsdp` the LLM decoder layers are also gathered as bf16 and their gradients reduced in fp32 (FSDP's
+    MixedPrecisionPolicy); the sharded master weights and the optimizer stay fp32."""
+    strategy: str = "ddp"
+    """Multi-process training (`torchrun --nproc_per_node N`): `ddp` (every process holds the whole model) or `fsdp`
+    (PyTorch FSDP2: parameters, gradients and optimizer state split over the processes, each LLM decoder layer one
+    unit; also runs as one process). An fsdp checkpoint resumes with any number of processes."""
+    activation_checkpointing: bool = False
+    """Recompute each LLM decoder layer's activations in the backward pass instead of keeping them: less memory
+    for about a third more compute."""
+    compile: bool = False
+    """torch.compile each LLM decoder layer (a GPU speed option; the first steps pay for compiling)."""
+    compile_backend: str = "inductor"
+    """torch.compile backend of `compile`: `inductor` (generated kernels) or `eager` (traces only, for checks)."""
     seed: int = 0
     """Seed for weights, sampler and instruction choice."""
     stages: list[dict] = field(default_factory=list)

@@ -13,6 +13,8 @@ are those of :mod:`speechlm.checkpoint.folder`, so :func:`~speechlm.checkpoint.f
     meta.json               step, parameter counts, wall time
     speech_tokens/          the tokenizer folder (tokenizer.json + .safetensors, vocoder/), without its units/
     state.safetensors/json  optimizer, scheduler, RNG, stage and data position (speechlm.checkpoint.state)
+    sharded/                sharded runs only: parameters and optimizer tensors by rank (torch.distributed.checkpoint;
+                            see speechlm.checkpoint.folder)
 
 A checkpoint folder alone is enough: the LLM comes from the registry named in config.json, the speech tokenizer
 and the vocoder from ``speech_tokens/``.
@@ -29,12 +31,13 @@ from typing import Any
 
 import torch
 
-from speechlm.checkpoint.folder import WEIGHTS, check_layout, resolve_checkpoint
+from speechlm.checkpoint.folder import (WEIGHTS, check_layout, checkpoint_path, is_sharded_checkpoint, point_latest,
+                                       resolve_checkpoint)
 from speechlm.checkpoint.state import load_state, save_state
 from speechlm.config import RecipeConfig, from_dict, to_dict
 from speechlm.model.discrete import DiscreteSpeechLM
 from speechlm.model.vocab import LAYOUT_FILE, VocabLayout, extend_llm, trainable_rows_config
-from speechlm.utils import atomic_dir, atomic_open, write_json
+from speechlm.utils import atomic_dir, write_json
 
 SPEECH_TOKENS = "speech_tokens"
 """Sub-folder of a checkpoint holding the tokenizer folder (and its vocoder)."""
@@ -133,26 +136,32 @@ def _copy_speech_tokens(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("units", "*.jsonl"))
 
 
+def write_discrete_checkpoint(folder: Path, model: DiscreteSpeechLM, cfg: RecipeConfig, step: int, state: dict | None,
+                              tokenizer_dir: str | Path, weights: dict | None = None) -> None:
+    """The files above into ``folder`` (a temporary one). ``weights``: the trainable weights when the caller gathered
+    them (a sharded model), else the model's own."""
+    from safetensors.torch import save_file
+
+    weights = model.trainable_state_dict() if weights is None else weights
+    n_all = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / WEIGHTS))
+    model.layout.save(folder)
+    write_json(folder / "config.json", to_dict(cfg))
+    write_json(folder / "meta.json", {"step": step, "kind": "discrete", "time": time.time(),
+                                      "params": {"total": n_all, "trainable": n_train}})
+    if state is not None:
+        save_state(folder, state)
+    _copy_speech_tokens(Path(tokenizer_dir), folder / SPEECH_TOKENS)
+
+
 def save_discrete_checkpoint(model: DiscreteSpeechLM, cfg: RecipeConfig, out_dir: str | Path, step: int,
                              state: dict | None, tokenizer_dir: str | Path) -> Path:
     """Write ``OUT/checkpoints/step-NNNNNN`` atomically (files above), then point ``latest`` at it."""
-    from safetensors.torch import save_file
-
-    root = Path(out_dir) / "checkpoints"
-    path = root / f"step-{step:06d}"
-    n_all = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    path = checkpoint_path(out_dir, step)
     with atomic_dir(path) as tmp:
-        save_file({k: v.contiguous() for k, v in model.trainable_state_dict().items()}, str(tmp / WEIGHTS))
-        model.layout.save(tmp)
-        write_json(tmp / "config.json", to_dict(cfg))
-        write_json(tmp / "meta.json", {"step": step, "kind": "discrete", "time": time.time(),
-                                       "params": {"total": n_all, "trainable": n_train}})
-        if state is not None:
-            save_state(tmp, state)
-        _copy_speech_tokens(Path(tokenizer_dir), tmp / SPEECH_TOKENS)
-    with atomic_open(root / "latest", "w") as f:
-        f.write(path.name + "\n")
+        write_discrete_checkpoint(tmp, model, cfg, step, state, tokenizer_dir)
+    point_latest(out_dir, path)
     return path
 
 
@@ -188,9 +197,11 @@ def load_discrete_checkpoint(path: str | Path, device: str = "cpu") -> DiscreteB
     return DiscreteBundle(model.to(device).eval(), text_tok, tokenizer, vocoder, cfg, ckpt)
 
 
-def load_discrete_training_state(path: str | Path) -> tuple[dict, dict, VocabLayout, Path]:
-    """(trainable weights, training state, saved layout, folder) to resume from."""
+def load_discrete_training_state(path: str | Path) -> tuple[dict | None, dict, VocabLayout, Path]:
+    """(trainable weights, training state, saved layout, folder) to resume from; the weights are None for a sharded
+    checkpoint (resumed from its ``sharded/`` folder)."""
     from safetensors.torch import load_file
 
     ckpt = check_layout(resolve_checkpoint(path), for_resume=True)
-    return load_file(str(ckpt / WEIGHTS)), load_state(ckpt), VocabLayout.load(ckpt), ckpt
+    weights = None if is_sharded_checkpoint(ckpt) else load_file(str(ckpt / WEIGHTS))
+    return weights, load_state(ckpt), VocabLayout.load(ckpt), ckpt

@@ -10,15 +10,23 @@ Layout of ``RUN/checkpoints/step-NNNNNN/`` (written atomically: a temp folder, t
     tokenizer/              the LLM tokenizer as trained (added tokens included)
     state.safetensors       optimizer, scheduler, RNG and sampler state: tensors ...
     state.json              ... and the structure around them (speechlm.checkpoint.state; no pickle)
+    sharded/                sharded runs only (train.strategy=fsdp): the trainable parameters and the optimizer's
+                            tensors, one safetensors file per rank, written by torch.distributed.checkpoint
+                            (speechlm.training.distributed); state.json then holds the optimizer's hyper-parameters
 
 A checkpoint folder alone is enough to rebuild the model: backbones come from the registry or cache named
-in config.json.
+in config.json (a sharded run writes trainable.safetensors whole as well).
+
+Sharded runs have several writers: every rank writes into ``checkpoints/.step-NNNNNN.staging``
+(:func:`prepare_staging`), then rank 0 renames it (:func:`publish_checkpoint`), as :func:`save_checkpoint` does
+with its own temporary folder. ``latest`` only ever names a complete folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +40,8 @@ if TYPE_CHECKING:
 
 CKPT_DIR = "checkpoints"
 WEIGHTS = "trainable.safetensors"
+SHARDED_DIR = "sharded"
+"""Sub-folder of a sharded run's checkpoint written by torch.distributed.checkpoint."""
 REQUIRED = (WEIGHTS, "config.json", "meta.json")
 """Files every checkpoint has; :func:`check_layout` names the first one missing."""
 TRAINING_STATE = (STATE_TENSORS, STATE_JSON)
@@ -52,21 +62,69 @@ def check_layout(ckpt: str | os.PathLike, for_resume: bool = False) -> Path:
     return ckpt
 
 
-def save_checkpoint(model: SpeechLM, cfg: RecipeConfig, out_dir: Path, step: int, state: dict) -> Path:
-    """Write ``checkpoints/step-NNNNNN`` atomically, then point ``checkpoints/latest`` at it."""
+def checkpoint_path(out_dir: str | os.PathLike, step: int) -> Path:
+    return Path(out_dir) / CKPT_DIR / f"step-{step:06d}"
+
+
+def write_checkpoint(folder: Path, model: SpeechLM, cfg: RecipeConfig, step: int, state: dict,
+                     weights: dict | None = None) -> None:
+    """The files of a checkpoint into ``folder`` (a temporary one: see :func:`save_checkpoint`). ``weights``: the
+    trainable weights when the caller gathered them (a sharded model), else the model's own."""
     from safetensors.torch import save_file
 
-    root = Path(out_dir) / CKPT_DIR
-    path = root / f"step-{step:06d}"
-    with atomic_dir(path) as tmp:
-        save_file({k: v.contiguous() for k, v in model.trainable_state_dict().items()}, str(tmp / WEIGHTS))
-        save_state(tmp, state)
-        write_json(tmp / "config.json", to_dict(cfg))
-        model.tokenizer.save_pretrained(tmp / "tokenizer")
-        write_json(tmp / "meta.json", {"step": step, "params": model.num_params(), "time": time.time()})
-    with atomic_open(root / "latest", "w") as f:
+    weights = model.trainable_state_dict() if weights is None else weights
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / WEIGHTS))
+    save_state(folder, state)
+    write_json(folder / "config.json", to_dict(cfg))
+    model.tokenizer.save_pretrained(folder / "tokenizer")
+    write_json(folder / "meta.json", {"step": step, "params": model.num_params(), "time": time.time()})
+
+
+def point_latest(out_dir: str | os.PathLike, path: Path) -> None:
+    with atomic_open(Path(out_dir) / CKPT_DIR / "latest", "w") as f:
         f.write(path.name + "\n")
+
+
+def save_checkpoint(model: SpeechLM, cfg: RecipeConfig, out_dir: Path, step: int, state: dict) -> Path:
+    """Write ``checkpoints/step-NNNNNN`` atomically, then point ``checkpoints/latest`` at it."""
+    path = checkpoint_path(out_dir, step)
+    with atomic_dir(path) as tmp:
+        write_checkpoint(tmp, model, cfg, step, state)
+    point_latest(out_dir, path)
     return path
+
+
+def prepare_staging(out_dir: str | os.PathLike, step: int, create: bool = True) -> Path:
+    """The staging folder every rank of a sharded run writes step ``step`` into: a name derived from the step, so the
+    ranks agree without talking. ``create`` (rank 0, before the others start): clear what a crashed attempt left."""
+    path = Path(out_dir) / CKPT_DIR / f".step-{step:06d}.staging"
+    if create:
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+    return path
+
+
+def publish_checkpoint(staging: Path, out_dir: str | os.PathLike, step: int) -> Path:
+    """Rename a completely written staging folder to ``step-NNNNNN`` (replacing one of that name), then point
+    ``latest`` at it: until the rename nothing names the folder, after it the folder is whole."""
+    path = checkpoint_path(out_dir, step)
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(path, old)
+    os.replace(staging, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    point_latest(out_dir, path)
+    return path
+
+
+def is_sharded_checkpoint(ckpt: str | os.PathLike) -> bool:
+    """True for a checkpoint of a sharded run (its training state is in ``sharded/``)."""
+    return (Path(ckpt) / SHARDED_DIR).is_dir()
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -103,10 +161,21 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[Speec
     return model.to(device).eval(), cfg, ckpt
 
 
-def load_training_state(path: str | os.PathLike) -> tuple[dict, dict, Path]:
-    """(trainable weights, training state, folder) for resuming; refuses a pickled (pre-0.2) state."""
-    from safetensors.torch import load_file
-
+def load_training_state(path: str | os.PathLike) -> tuple[dict | None, dict, Path]:
+    """(trainable weights, training state, folder) for resuming; refuses a pickled (pre-0.2) state. A sharded
+    checkpoint gives None for the weights: they are resumed from ``sharded/`` (load_weights reads single keys)."""
     ckpt = resolve_checkpoint(path)
     check_layout(ckpt, for_resume=not (ckpt / "state.pt").exists())  # a legacy state.pt gets load_state's message
-    return load_file(str(ckpt / WEIGHTS)), load_state(ckpt), ckpt
+    state = load_state(ckpt)
+    return (None if is_sharded_checkpoint(ckpt) else load_weights(ckpt)), state, ckpt
+
+
+def load_weights(ckpt: str | os.PathLike, keys: list[str] | None = None) -> dict:
+    """The checkpoint's trainable weights, or only ``keys`` (those present)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if keys is None:
+        return load_file(str(Path(ckpt) / WEIGHTS))
+    with safe_open(str(Path(ckpt) / WEIGHTS), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in keys if k in f.keys()}

@@ -24,6 +24,12 @@ different cuts each time. Without shuffling (evaluation) use ``world_size=1`` or
 
 Resume: :meth:`state_dict` stores the epoch and the number of batches already yielded in it;
 after :meth:`load_state_dict`, iteration yields exactly the remaining batches of that epoch.
+
+Elastic resume (a run saved with W ranks resumed with W'): the position counts *global* batches, which every
+rank iterates alike, so it means the same with any number of ranks. Only the pooling above depends on W; the
+epoch in progress therefore keeps the plan it was saved with (planned for W) and later epochs are planned for
+W'. With W' > W a global batch of that epoch may then hold fewer cuts than ranks, and a rank's share may be
+empty: the training loop steps such a rank with a stand-in batch of weight 0.
 """
 
 from __future__ import annotations
@@ -100,7 +106,9 @@ class DurationBatchSampler:
         """Batches of the current epoch already yielded (what state_dict saves)."""
         self.dropped = 0
         """Cuts of the last planned epoch left out because they could not fill a batch for every rank."""
-        self._plan_cache: tuple[int, list[list[int]]] | None = None
+        self._plan_cache: tuple[int, int, list[list[int]]] | None = None
+        self._saved_plan: tuple[int, int] | None = None
+        """(epoch, world size) of a resumed epoch planned for another world size (elastic resume)."""
         n_long = int((d > self.max_seconds).sum())
         if n_long:
             warnings.warn(f"{n_long} item(s) are longer than max_seconds={self.max_seconds:g} s; each will form "
@@ -128,10 +136,17 @@ class DurationBatchSampler:
                 batches.append(cur)
         return batches
 
+    def _plan_world(self, epoch: int) -> int:
+        """The world size ``epoch`` is planned for: this sampler's, or the saved one for a resumed epoch."""
+        if self._saved_plan is not None and self._saved_plan[0] == epoch:
+            return self._saved_plan[1]
+        return self.world_size
+
     def _global_batches(self, epoch: int) -> list[list[int]]:
         """All global batches of ``epoch`` in yield order (identical on every rank)."""
-        if self._plan_cache is not None and self._plan_cache[0] == epoch:
-            return self._plan_cache[1]
+        world = self._plan_world(epoch)
+        if self._plan_cache is not None and self._plan_cache[:2] == (epoch, world):
+            return self._plan_cache[2]
         n = len(self.durations)
         if self.shuffle:
             rng = np.random.default_rng([self.seed, epoch])
@@ -147,23 +162,23 @@ class DurationBatchSampler:
             pool = pool[np.argsort(self.durations[pool], kind="stable")]
             batches.extend(self._pack(pool))
         self.dropped = 0
-        if self.world_size > 1:
+        if world > 1:
             # A bucket's last batch (its longest clips) can have fewer cuts than ranks. Pool those
             # tails from all buckets and pack them again, so only the final remainder is dropped.
-            small = [b for b in batches if len(b) < self.world_size]
+            small = [b for b in batches if len(b) < world]
             if small:
-                batches = [b for b in batches if len(b) >= self.world_size]
+                batches = [b for b in batches if len(b) >= world]
                 rest = np.array([i for b in small for i in b], dtype=np.int64)
                 rest = rest[np.argsort(self.durations[rest], kind="stable")]
                 for b in self._pack(rest):
-                    if len(b) >= self.world_size:
+                    if len(b) >= world:
                         batches.append(b)
                     else:
                         self.dropped += len(b)
         if rng is not None:
             order = rng.permutation(len(batches))
             batches = [batches[j] for j in order]
-        self._plan_cache = (epoch, batches)
+        self._plan_cache = (epoch, world, batches)
         return batches
 
     # -- public API -----------------------------------------------------------------------------
@@ -188,7 +203,8 @@ class DurationBatchSampler:
         return max(0, len(self) - self.position)
 
     def __iter__(self) -> Iterator[list[int]]:
-        """Yield this rank's share of each remaining global batch of the current epoch.
+        """Yield this rank's share of each remaining global batch of the current epoch (empty only in an
+        epoch resumed with more ranks than it was planned for; see the module doc).
 
         After a complete pass the sampler moves to the next epoch by itself, so a loop that never
         calls :meth:`set_epoch` still sees fresh shuffles; calling ``set_epoch(e)`` each epoch works too.
@@ -218,6 +234,7 @@ class DurationBatchSampler:
             "max_batch": self.max_batch,
             "bucket_size": self.bucket_size,
             "shuffle": self.shuffle,
+            "world_size": self._plan_world(self.epoch),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -231,3 +248,6 @@ class DurationBatchSampler:
                                      f"{key}={mine!r}; the saved position would not resume the same batches")
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
+        saved_world = int(state.get("world_size", self.world_size))
+        # elastic resume: the epoch in progress keeps the plan it was saved with (its position counts its batches)
+        self._saved_plan = (self.epoch, saved_world) if saved_world != self.world_size else None

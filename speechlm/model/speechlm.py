@@ -49,6 +49,13 @@ class Batch:
     ctc_targets: list[list[int]] | None = None
     """Transcript tokens per clip for the CTC alignment loss (no end-of-turn; empty for a clip without text)."""
 
+    def pin_memory(self) -> Batch:
+        """Page-locked audio (``DataLoader(pin_memory=True)`` calls this), so the copy to the GPU runs asynchronously."""
+        self.waves = [w.pin_memory() for w in self.waves]
+        if self.frames is not None:
+            self.frames = [f.pin_memory() for f in self.frames]
+        return self
+
 
 class PromptFormatter:
     """Chat-template prompts split at the audio placeholder, and answer tokens. Small and picklable, so
@@ -96,7 +103,9 @@ class SpeechLM(nn.Module):
         self.posterior_input = posterior_input  # LegoSLM: the LLM reads CTC-posterior-weighted token embeddings
         if (compress_audio or posterior_input) and ctc is None:
             raise ValueError("compress_audio and posterior_input need a CTC head")
-        self.last_losses: dict[str, float] = {}  # the parts of the last forward's loss, for the training log
+        # the parts of the last forward's loss, for the training log: detached tensors (reading a float here would
+        # wait for the GPU every step; the loop adds them up on the device and reads them at log steps)
+        self.last_losses: dict[str, torch.Tensor | int] = {}
         self.tokenizer = tokenizer
         self.audio_token = audio_token
         self.formatter = PromptFormatter(tokenizer, audio_token, system_prompt)
@@ -212,7 +221,7 @@ class SpeechLM(nn.Module):
                 raise ValueError("a CTC weight above 0 needs model.ctc_head=true and transcripts in the batch")
             targets = [self.ctc.to_classes(t) for t in batch.ctc_targets]
             ctc_sum, n_ctc = ctc_loss(self.ctc(audio), audio_lengths, targets, self.ctc.blank_id)
-            self.last_losses = {"ctc": float(ctc_sum.detach()), "ctc_tokens": n_ctc}
+            self.last_losses = {"ctc": ctc_sum.detach(), "ctc_tokens": n_ctc}
         if lm_weight == 0:  # a CTC-only alignment stage: no LLM forward at all
             if ctc_sum is None:
                 raise ValueError("lm_weight=0 needs ctc_weight > 0")
@@ -221,7 +230,7 @@ class SpeechLM(nn.Module):
         lm_sum, n_tok = self._lm_loss(batch, audio, audio_lengths, per_example)
         if ctc_sum is None:
             return lm_sum, n_tok
-        self.last_losses["lm"] = float(lm_sum.detach())
+        self.last_losses["lm"] = lm_sum.detach()
         # both are sums over the batch; the caller divides by the (global) answer-token count
         return lm_weight * lm_sum + ctc_weight * ctc_sum, n_tok
 

@@ -9,10 +9,13 @@ SpeechGPT's three stages (arXiv 2305.11000; 0nutation/SpeechGPT src/train/*.py) 
   1. ``audiolm`` with ``loss_region: all`` (ma_pretrain.py: labels = input_ids over unit sequences);
   2. ``asr`` + ``tts`` (cross-modal instruction tuning, both directions, paraphrase pools);
   3. ``chain-of-modality`` (spoken question -> transcript, <|ta|> text answer, <|ua|> spoken answer).
-The optimiser, schedule and RNG helpers are the continuous loop's (speechlm.training.loop). Resume is exact: the
-data order and the instruction of each example are functions of (seed, stage, epoch, index), the optimizer,
-scheduler and RNG states are checkpointed (speechlm.checkpoint.discrete), so a resumed run ends with the same
-weights as an uninterrupted one, across stage boundaries too.
+The optimiser, schedule and RNG helpers are the continuous loop's (speechlm.training.loop), the multi-process
+machinery its too (speechlm.training.distributed): under ``torchrun`` every rank renders the same global batch
+plan and takes its share of each batch (``[rank::world]``), the loss is divided by the target frames of the whole
+global batch, and ``train.strategy`` picks DDP or FSDP2 (a sharded run's checkpoints resume with any number of
+processes). Resume is exact: the data order and the instruction of each example are functions of (seed, stage,
+epoch, index), the optimizer, scheduler and RNG states are checkpointed (speechlm.checkpoint.discrete), so a
+resumed run ends with the same weights as an uninterrupted one, across stage boundaries too.
 
 Legend: B batch, T frames of one example, nq streams.
 """
@@ -29,9 +32,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from speechlm.checkpoint.discrete import (build_discrete_model, load_discrete_training_state, save_discrete_checkpoint,
-                                          stage_rows)
+                                          stage_rows, write_discrete_checkpoint)
+from speechlm.checkpoint.folder import SHARDED_DIR
 from speechlm.config import RecipeConfig, to_dict
 from speechlm.data.manifest import Cut, ManifestError, read_manifest
 from speechlm.model.discrete import StreamBatch
@@ -39,6 +44,9 @@ from speechlm.model.vocab import check_layout
 from speechlm.tasks import Task, get_task
 from speechlm.tasks.mixture import build_mixture, parse_stages, parse_task_weights, stage_at
 from speechlm.tasks.render import IGNORE, LOSS_REGIONS, SPEECH, render_streams, render_units, units_to_string
+from speechlm.training.distributed import (all_reduce_, cleanup, clip_grad_norm_, decoder_layers, load_full_optimizer,
+                                           load_sharded, prepare_layers, replicated, save_sharded_checkpoint,
+                                           setup_distributed, sync_replicated_grads, wrap)
 from speechlm.training.loop import lr_lambda, rng_state, set_rng_state
 from speechlm.utils import write_json
 
@@ -208,19 +216,33 @@ class StageData:
     def batches_per_epoch(self) -> int:
         return -(-len(self.items) // self.batch_size)
 
-    def batch(self, pos: dict[str, int]) -> tuple[StreamBatch, dict[str, int]]:
-        """The batch at ``pos`` ({epoch, batch}) and the position after it."""
+    def batch(self, pos: dict[str, int], rank: int = 0, world: int = 1) -> tuple[StreamBatch, dict[str, int], float]:
+        """This rank's share of the global batch at ``pos`` ({epoch, batch}), the position after it, and the
+        share's weight: 0 for a rank the batch has no example for (the epoch's last, short batch), which then runs
+        the batch's first example as a stand-in so that every rank makes the same collective calls."""
         e, b = pos["epoch"], pos["batch"]
         order = np.random.default_rng([self.seed, self.k, e]).permutation(len(self.items))
         frames, masks = [], []
-        for i in order[b * self.batch_size:(b + 1) * self.batch_size]:
+        chosen = order[b * self.batch_size:(b + 1) * self.batch_size]
+        share = chosen[rank::world]
+        weight = 1.0 if len(share) else 0.0
+        for i in share if len(share) else chosen[:1]:
             task = self.items[i][0]
             instr = random.Random(f"{self.seed}:{self.k}:{e}:{int(i)}").choice(task.instructions)
             f, m = self._render(self.items[i], instr)
             frames.append(f)
             masks.append(m)
         nxt = {"epoch": e, "batch": b + 1} if b + 1 < self.batches_per_epoch() else {"epoch": e + 1, "batch": 0}
-        return StreamBatch.collate(frames, masks, self.model.layout.pad_id), nxt
+        return StreamBatch.collate(frames, masks, self.model.layout.pad_id), nxt, weight
+
+
+def to_device(batch: StreamBatch, device: torch.device) -> StreamBatch:
+    """Frames and loss mask to ``device`` (pinned first, so the copy is asynchronous); the lengths stay on the host,
+    where ``pattern_rows`` builds the attention mask from them."""
+    if device.type == "cpu":
+        return batch
+    return dataclasses.replace(batch, frames=batch.frames.pin_memory().to(device, non_blocking=True),
+                               loss_mask=batch.loss_mask.pin_memory().to(device, non_blocking=True))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -237,93 +259,134 @@ def train_discrete(cfg: RecipeConfig, resume: str | None = None, progress: bool 
                          "e.g. --set discrete.tokenizer=runs/tok")
     if not cfg.data.train_manifest or not Path(cfg.data.train_manifest).exists():
         raise ManifestError(f"data.train_manifest {cfg.data.train_manifest!r}: manifest not found")
+    rank, world, device = setup_distributed(t.device, t.strategy)
+    fsdp = t.strategy == "fsdp"
     if t.threads:
         torch.set_num_threads(t.threads)
     out_dir, tok_dir, manifest = Path(t.out_dir), Path(d.tokenizer), Path(cfg.data.train_manifest)
     stages = parse_discrete_stages(stage_rows(cfg), t.max_steps)
+    if d.batch_size < world:
+        raise ValueError(f"discrete.batch_size={d.batch_size} < {world} processes: some rank would get no example")
     tokenizer = load_tokenizer(tok_dir)
     model, text_tok = build_discrete_model(cfg, tokenizer)
-    model.train()
+    model.to(device).train()
     cuts = read_manifest(manifest)
     fields = {f for st in stages for spec in st.tasks for f in speech_fields(get_task(spec.partition(":")[0]))}
     t0 = time.time()
-    store = tokenize_units(cuts, tokenizer, tok_dir, manifest, fields, progress=progress)
+    store = tokenize_units(cuts, tokenizer, tok_dir, manifest, fields, progress=progress and rank == 0)
     tokenize_s = time.time() - t0
     data = [StageData(k, st, cuts, store, tokenizer, model, text_tok, cfg, manifest.parent) for k, st in enumerate(stages)]
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
-        t.warmup_steps, t.max_steps, stage_steps=[s.steps for s in stages] if t.stage_schedule else None))
     step, stage_idx, pos = 0, 0, {"epoch": 0, "batch": 0}
     torch.manual_seed(t.seed)  # dropout draws: independent of how many draws building the model took
+    weights = state = ckpt = None
     if resume:
         weights, state, saved_layout, ckpt = load_discrete_training_state(out_dir if resume == "auto" else resume)
         check_layout(saved_layout, model.layout, ckpt)
-        model.load_trainable_state_dict(weights)
-        optimizer.load_state_dict(state["optimizer"])
+        if weights is not None:  # a sharded checkpoint's parameters are read after wrapping
+            model.load_trainable_state_dict(weights)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}  # every stage trains the same parts
+    layers = decoder_layers(model.llm)
+    prepare_layers(layers, t.activation_checkpointing, t.compile, t.compile_backend)
+    net = wrap(model, layers, t.strategy, world, device, t.bf16)
+    params = [p for n, p in model.named_parameters() if n in names]  # after wrapping: FSDP's shards
+    whole = replicated(params) if fsdp else []
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
+        t.warmup_steps, t.max_steps, stage_steps=[s.steps for s in stages] if t.stage_schedule else None))
+    if resume:
+        if weights is None:
+            load_sharded(ckpt / SHARDED_DIR, model, optimizer, names, state["optimizer"]["param_groups"])
+        elif fsdp:
+            load_full_optimizer(model, optimizer, [n for n, _ in model.named_parameters() if n in names], state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, stage_idx, pos = state["step"], state["stage"], dict(state["position"])
         set_rng_state(state["rng"])
-        print(f"[speechlm] resumed from {ckpt} at step {step} (stage {stage_idx + 1})", flush=True)
+        if rank == 0:
+            print(f"[speechlm] resumed from {ckpt} at step {step} (stage {stage_idx + 1})", flush=True)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "config.json", to_dict(cfg))
-    write_json(out_dir / "data_report.json", {"clips": len(cuts), "tokenize_seconds": round(tokenize_s, 1),
-                                              "stages": [s.report for s in data]})
-    n_all = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in params)
-    print(f"[speechlm] discrete LM ({d.rendering}, {model.pattern}, nq={model.nq}, vocabulary {model.layout.lm_vocab}): "
-          f"{len(cuts)} clips, {n_train / 1e6:.2f}M trainable of {n_all / 1e6:.1f}M params; stages "
-          + "; ".join(f"{s.steps} x {'+'.join(s.tasks)} ({s.loss_region}, {len(x.items)} examples)" for s, x in zip(stages, data)),
-          flush=True)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "config.json", to_dict(cfg))
+        write_json(out_dir / "data_report.json", {"clips": len(cuts), "tokenize_seconds": round(tokenize_s, 1),
+                                                  "stages": [s.report for s in data]})
+        n_all = sum(p.numel() for p in model.parameters())
+        n_train = sum(p.numel() for p in params)
+        print(f"[speechlm] discrete LM ({d.rendering}, {model.pattern}, nq={model.nq}, vocabulary {model.layout.lm_vocab}): "
+              f"{len(cuts)} clips, {n_train / 1e6:.2f}M trainable of {n_all / 1e6:.1f}M params, world {world}; stages "
+              + "; ".join(f"{s.steps} x {'+'.join(s.tasks)} ({s.loss_region}, {len(x.items)} examples)" for s, x in zip(stages, data)),
+              flush=True)
 
-    def checkpoint() -> Path:
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                 "stage": stage_idx, "position": dict(pos), "rng": rng_state()}
-        return save_discrete_checkpoint(model, cfg, out_dir, step, state, tok_dir)
+    def checkpoint() -> Path | None:
+        """Every rank calls (a sharded save is collective); rank 0 writes the files. Returns the folder on rank 0."""
+        st = {"scheduler": scheduler.state_dict(), "step": step, "stage": stage_idx, "position": dict(pos), "rng": rng_state()}
+        if fsdp:
+            def write_rest(folder: Path, full: dict, groups: list[dict]) -> None:
+                write_discrete_checkpoint(folder, model, cfg, step, {**st, "optimizer": {"param_groups": groups}}, tok_dir,
+                                          weights=full)
+
+            return save_sharded_checkpoint(out_dir, step, rank, model, optimizer, names, write_rest)
+        if rank != 0:
+            return None
+        return save_discrete_checkpoint(model, cfg, out_dir, step, {**st, "optimizer": optimizer.state_dict()}, tok_dir)
 
     log_path = out_dir / "train_log.jsonl"
-    t_start, window = time.time(), {"loss": 0.0, "frames": 0, "t0": time.time()}
+    # summed on the device, read at log steps: weighted loss and target frames (this rank's)
+    t_start, sums = time.time(), torch.zeros(2, dtype=torch.float64, device=device)
+    dtype_ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t.bf16 else None
     while step < t.max_steps:
         k = stage_at(stages, step)
         if k != stage_idx:  # the next stage: its own data from its start
             stage_idx, pos = k, {"epoch": 0, "batch": 0}
-            print(f"[speechlm] stage {k + 1}/{len(stages)} at step {step}: {'+'.join(stages[k].tasks)} "
-                  f"(loss region {stages[k].loss_region})", flush=True)
+            if rank == 0:
+                print(f"[speechlm] stage {k + 1}/{len(stages)} at step {step}: {'+'.join(stages[k].tasks)} "
+                      f"(loss region {stages[k].loss_region})", flush=True)
         for _ in range(t.grad_accum):
-            batch, pos = data[stage_idx].batch(pos)
-            total, frames = model(batch)  # summed weighted CE, target frames
-            (total / frames.clamp(min=1) / t.grad_accum).backward()
-            window["loss"] += float(total.detach())
-            window["frames"] += int(frames)
+            batch, pos, weight = data[stage_idx].batch(pos, rank, world)
+            with dtype_ctx() if dtype_ctx else torch.autocast(device.type, enabled=False):
+                total, frames = net(to_device(batch, device))  # summed weighted CE, target frames
+            total, frames = total * weight, frames * int(weight)
+            n_global = all_reduce_(frames.detach().clone().float())
+            # sum / the global batch's frames, times world because DDP and FSDP average gradients over ranks
+            (total * world / n_global.clamp(min=1) / t.grad_accum).backward()
+            sums[0] += total.detach().double()
+            sums[1] += frames.double()
+        sync_replicated_grads(whole)
         if t.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(params, t.clip_grad)
+            clip_grad_norm_(params, t.clip_grad)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         if step % t.log_every == 0 or step == t.max_steps:
-            rec = {"step": step, "split": "train", "stage": stage_idx, "loss": window["loss"] / max(1, window["frames"]),
+            loss_total, n_frames = all_reduce_(sums.clone()).tolist()  # the one wait for the device per log step
+            sums.zero_()
+            rec = {"step": step, "split": "train", "stage": stage_idx, "loss": loss_total / max(1, n_frames),
                    "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.time() - t_start, 2)}
-            with open(log_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
-            if progress:
-                print(f"[speechlm] step {step}/{t.max_steps} stage {stage_idx + 1} loss {rec['loss']:.3f} "
-                      f"({rec['elapsed_s']:.0f} s)", flush=True)
-            window = {"loss": 0.0, "frames": 0, "t0": time.time()}
+            if rank == 0:
+                with open(log_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(rec) + "\n")
+                if progress:
+                    print(f"[speechlm] step {step}/{t.max_steps} stage {stage_idx + 1} loss {rec['loss']:.3f} "
+                          f"({rec['elapsed_s']:.0f} s)", flush=True)
         stage_end = stage_at(stages, step) != stage_idx
         last = step >= t.max_steps or step == t.stop_at_step
         if (step % t.save_every == 0 or stage_end) and not last:
             checkpoint()  # also at every stage boundary
         timed_out = bool(t.max_minutes) and (time.time() - t_start) / 60 >= t.max_minutes
-        if timed_out:
+        if world > 1 and t.max_minutes:  # every rank stops at the same step (a wait for the device: only with a limit)
+            timed_out = bool(all_reduce_(torch.tensor([float(timed_out)], device=device), op=dist.ReduceOp.MAX).item())
+        if timed_out and rank == 0:
             print(f"[speechlm] time limit of {t.max_minutes} min reached at step {step}", flush=True)
         if last or timed_out:
             break
     final = checkpoint()
-    print(f"[speechlm] saved {final}", flush=True)
-    return final
+    if rank == 0:
+        print(f"[speechlm] saved {final}", flush=True)
+    cleanup()
+    return final if final is not None else out_dir / "checkpoints"
 
 
 def run_train(recipe: str = "tiny", train_manifest: str = "", val_manifest: str = "", out_dir: str = "",

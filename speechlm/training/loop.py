@@ -1,15 +1,18 @@
 """The training loop: setup / train / save / cleanup, in one readable function.
 
-Runs as a plain process on a CPU and unchanged under ``torchrun --nproc_per_node N`` (DDP: gloo on CPU, NCCL
-on GPUs). Every rank iterates the same global batch plan and takes its own shard of each batch
-(``DurationBatchSampler``); the loss is the summed cross-entropy divided by the answer-token count of the
-whole global batch (all-reduced), so N processes compute exactly the gradient of one process with the same
-global batch.
+Runs as a plain process on a CPU and unchanged under ``torchrun --nproc_per_node N`` (``train.strategy``: DDP,
+or FSDP2 sharding; gloo on CPU, NCCL on GPUs; speechlm.training.distributed). Every rank iterates the same global
+batch plan and takes its own shard of each batch (``DurationBatchSampler``); the loss is the summed cross-entropy
+divided by the answer-token count of the whole global batch (all-reduced), so N processes compute exactly the
+gradient of one process with the same global batch.
 
 Checkpoints (``OUT/checkpoints/step-NNNNNN``, written atomically by :mod:`speechlm.checkpoint`,
 ``OUT/checkpoints/latest`` names the newest) hold the trainable weights, optimizer, scheduler, RNG states,
 sampler position, resolved config and the tokenizer, with no pickle: ``resume`` continues as if the run had
-never stopped.
+never stopped. A sharded run's checkpoint resumes with any number of processes.
+
+The hot loop never waits for the device: losses and token counts are summed on the device and read (``.item()``
+/ ``.tolist()``) only at log steps; the time-limit flag is all-reduced each step only when a limit is set.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from speechlm.checkpoint import CKPT_DIR, load_training_state, save_checkpoint
+from speechlm.checkpoint import CKPT_DIR, SHARDED_DIR, load_training_state, load_weights, save_checkpoint
+from speechlm.checkpoint.folder import write_checkpoint
 from speechlm.config import RecipeConfig, to_dict
 from speechlm.data.manifest import Cut, ManifestError, validate
 from speechlm.data.sampler import DurationBatchSampler
@@ -34,6 +38,9 @@ from speechlm.model.builders import build_speechlm
 from speechlm.model.speechlm import Batch, SpeechLM
 from speechlm.tasks import get_task
 from speechlm.training.dataset import SpeechDataset, collate
+from speechlm.training.distributed import (all_reduce_, cleanup, clip_grad_norm_, decoder_layers, load_full_optimizer,
+                                           load_sharded, prepare_layers, replicated, save_sharded_checkpoint,
+                                           setup_distributed, sync_replicated_grads, wrap)
 from speechlm.utils import write_json
 
 # ---------------------------------------------------------------------------------------------------
@@ -88,6 +95,11 @@ def load_cuts(manifest: str, required: tuple[str, ...], max_duration: float, ski
     return list(report.good), {"good": report.n_good, "bad": report.n_bad, "problems": report.bad[:20]}
 
 
+def collate_share(items: list[dict]) -> Batch | None:
+    """collate, or None for an empty share of a global batch (an elastic resume; speechlm.data.sampler)."""
+    return collate(items) if items else None
+
+
 def move(batch: Batch, device: torch.device) -> Batch:
     if device.type != "cpu":
         batch.waves = [w.to(device, non_blocking=True) for w in batch.waves]
@@ -100,22 +112,6 @@ def audio_seconds(batch: Batch) -> float:
     if batch.frames is not None:
         return sum(f.shape[0] for f in batch.frames) / 50  # Whisper encoder frames: 50 per second
     return sum(w.numel() for w in batch.waves) / 16000
-
-
-def setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return rank, world, device
 
 
 @torch.no_grad()
@@ -183,7 +179,8 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
     # ---- setup ------------------------------------------------------------------------------------
     if cfg.train.loss_norm not in ("token", "example"):
         raise ValueError(f"train.loss_norm: expected token or example, got {cfg.train.loss_norm!r}")
-    rank, world, device = setup_distributed(cfg.train.device)
+    rank, world, device = setup_distributed(cfg.train.device, cfg.train.strategy)
+    fsdp = cfg.train.strategy == "fsdp"
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     out_dir = Path(cfg.train.out_dir)
@@ -255,10 +252,6 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
                 raise ValueError(f"{cfg.data.train_manifest}: cached features need a frozen encoder; "
                                  "set model.train_encoder_layers=0 or data.use_features=false")
             verify_features(cfg.data.train_manifest, model.encoder)  # refuses another encoder's features
-    params = [p for n, p in model.named_parameters() if n in model.trainable_names]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
-        cfg.train.warmup_steps, cfg.train.max_steps, stage_steps=[st.steps for st in stages] if cfg.train.stage_schedule else None))
 
     def make_data(k: int) -> tuple[SpeechDataset, DurationBatchSampler | None]:
         """Dataset and sampler of stage ``k`` (the only stage without a curriculum)."""
@@ -270,15 +263,26 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         return ds, DurationBatchSampler([c.duration for c in ex_cuts], cfg.data.max_seconds_per_batch, cfg.data.max_batch,
                                         shuffle=True, seed=cfg.train.seed + k, rank=rank, world_size=world)
 
-    stage_idx = 0
-    dataset, sampler = make_data(0)
+    stage_idx, step, consumed = 0, 0, 0
+    weights = state = ckpt = None
+    if resume:
+        weights, state, ckpt = load_training_state(out_dir if resume == "auto" else resume)
+        if weights is not None:  # parameters into the whole model, before any wrapping
+            model.load_trainable_state_dict(weights)
+        elif model.ctc is not None:  # sharded: parameters come from sharded/ below, the CTC vocabulary from here
+            vocab = load_weights(ckpt, ["ctc.vocab"])
+            if vocab:
+                model.ctc.set_vocab(vocab["ctc.vocab"].tolist())
+        if stages:
+            stage_idx = state.get("stage", 0)
+    dataset, sampler = make_data(stage_idx)
     shard_ds = dummy = None
     if corpus is not None:
         shard_ds = ShardDataset(corpus, rank=rank, world_size=world, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
                                 shuffle_buffer=cfg.data.shuffle_buffer, max_seconds=cfg.data.max_seconds_per_batch,
                                 max_batch=cfg.data.max_batch, transform=dataset.from_shard_item)
         # Ranks may get different batch counts from whole shards; a rank that runs out steps with this
-        # batch at weight 0, so every rank makes the same collective calls and no cut is dropped.
+        # batch at weight 0 (stand_in), so every rank makes the same collective calls and no cut is dropped.
         dummy = collate([dataset.from_shard_item(next(iter_shards(corpus, shuffle=False)))])
 
     def epoch_now() -> int:
@@ -288,24 +292,69 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         """(batch, weight, shard unit) for the rest of this epoch."""
         if sampler is not None:
             dataset.epoch = sampler.epoch
-            loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers)
+            loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_share, num_workers=cfg.data.num_workers,
+                                pin_memory=device.type == "cuda")
             for batch in loader:
-                yield batch, 1.0, None
+                yield (batch, 1.0, None) if batch is not None else (stand_in(), 0.0, None)
             return
         stream = iter(shard_ds.loader())
         for _ in range(max(shard_ds.remaining_per_rank())):
             unit = next(stream, None)
-            yield (collate(unit.items), 1.0, unit) if unit is not None else (dummy, 0.0, None)
+            yield (collate(unit.items), 1.0, unit) if unit is not None else (stand_in(), 0.0, None)
 
-    step, consumed = 0, 0
-    if resume:
-        weights, state, ckpt = load_training_state(out_dir if resume == "auto" else resume)
-        model.load_trainable_state_dict(weights)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+    def stand_in() -> Batch:
+        """What a rank with nothing to do this micro-batch runs at weight 0, so that every rank makes the same
+        collective calls: a rank past the end of its shards, or with an empty share after an elastic resume."""
+        nonlocal dummy
+        if dummy is None:
+            dummy = collate([dataset[0]])
+        return dummy
+
+    layers = decoder_layers(model.llm)
+    prepare_layers(layers, cfg.train.activation_checkpointing, cfg.train.compile, cfg.train.compile_backend)
+    active: set[str] = set(model.trainable_names)
+
+    def set_stage_trainable(k: int) -> None:
+        """The stage's parts learn; the CTC head's blank and scale learn whenever its loss is on (DDP must not
+        see a parameter that needs a gradient but gets none).
+
+        FSDP: every part any stage trains keeps requires_grad, and a stage's frozen parts lose their gradients
+        before the step (``active``; AdamW skips a parameter without a gradient, as if frozen). FSDP2 fixes each
+        unit's gradient dtypes at its first forward from the parameters that need gradients then
+        (torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py, ``_init_mp_dtypes``), so a unit frozen then
+        would reduce a later stage's gradients in the wrong dtype under bf16."""
+        nonlocal active
+        ctc_on = loss_weights(k)[1] > 0
         if stages:
-            stage_idx = state.get("stage", 0)
-            dataset, sampler = make_data(stage_idx)
+            set_trainable(model, model.trainable_names, stages[k].trainable + (("ctc",) if ctc_on else ()))
+        elif model.ctc is not None:
+            model.ctc.requires_grad_(ctc_on)
+        active = {n for n, p in model.named_parameters() if p.requires_grad}
+        if fsdp:
+            for n, p in model.named_parameters():
+                p.requires_grad_(n in model.trainable_names)
+
+    set_stage_trainable(stage_idx)
+    net = wrap(model, layers, cfg.train.strategy, world, device, cfg.train.bf16)
+    if fsdp:
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        register_fsdp_forward_method(model, "ctc_transcribe")  # validation calls it outside forward
+    # after wrapping: FSDP replaces the parameters by their shards
+    named = [(n, p) for n, p in model.named_parameters() if n in model.trainable_names]
+    params = [p for _, p in named]
+    whole = replicated(params) if fsdp else []  # parameters FSDP could not shard (0-dim)
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
+        cfg.train.warmup_steps, cfg.train.max_steps, stage_steps=[st.steps for st in stages] if cfg.train.stage_schedule else None))
+    if resume:
+        if weights is None:
+            load_sharded(ckpt / SHARDED_DIR, model, optimizer, model.trainable_names, state["optimizer"]["param_groups"])
+        elif fsdp:
+            load_full_optimizer(model, optimizer, [n for n, _ in named], state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
         if sampler is not None:
             sampler.load_state_dict(state["sampler"])
             consumed = state["sampler"]["position"]
@@ -315,24 +364,6 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         step = state["step"]
         if rank == 0:
             print(f"[speechlm] resumed from {ckpt} at step {step}", flush=True)
-
-    def wrap() -> torch.nn.Module:
-        """DDP registers the parameters that need gradients when it wraps: wrap again when a stage changes them."""
-        if world == 1:
-            return model
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def set_stage_trainable(k: int) -> None:
-        """The stage's parts learn; the CTC head's blank and scale learn whenever its loss is on (DDP must not
-        see a parameter that needs a gradient but gets none)."""
-        ctc_on = loss_weights(k)[1] > 0
-        if stages:
-            set_trainable(model, model.trainable_names, stages[k].trainable + (("ctc",) if ctc_on else ()))
-        elif model.ctc is not None:
-            model.ctc.requires_grad_(ctc_on)
-
-    set_stage_trainable(stage_idx)
-    net = wrap()
 
     log_path = out_dir / "train_log.jsonl"
     writer = bar = None
@@ -350,17 +381,35 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
               f"{n['trainable'] / 1e6:.2f}M trainable of {n['total'] / 1e6:.1f}M params, device {device}, world {world}", flush=True)
 
     def checkpoint() -> Path | None:
-        """Called on every rank (the shard-position gather is collective); rank 0 writes."""
+        """Called on every rank (the shard-position gather is collective, and so is a sharded save); rank 0
+        writes the files, every rank its shard of a sharded run."""
         data_state = {"sampler": sampler.state_dict(consumed=consumed)} if sampler is not None else {"shards": shard_ds.gather_state_dict()}
+        state = {"scheduler": scheduler.state_dict(), "step": step, "rng": rng_state(), "stage": stage_idx, **data_state}
+        if fsdp:
+            def write_rest(folder: Path, full: dict, groups: list[dict]) -> None:
+                write_checkpoint(folder, model, cfg, step, {**state, "optimizer": {"param_groups": groups}}, weights=full)
+
+            return save_sharded_checkpoint(out_dir, step, rank, model, optimizer, model.trainable_names, write_rest)
         if rank != 0:
             return None
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                 "rng": rng_state(), "stage": stage_idx, **data_state}
-        return save_checkpoint(model, cfg, out_dir, step, state)
+        return save_checkpoint(model, cfg, out_dir, step, {**state, "optimizer": optimizer.state_dict()})
+
+    def validate() -> None:
+        """Validation metrics, logged by rank 0. A sharded model needs every rank for its forward passes."""
+        if not (rank == 0 or fsdp):
+            return
+        with dtype_ctx() if (fsdp and dtype_ctx) else torch.autocast(device.type, enabled=False):
+            rec = validation_metrics(model, val_cuts, cfg, device)
+        if fsdp:
+            model.reshard()  # the root keeps its gathered parameters after a forward without backward
+        if rank == 0:
+            _log_val(rec, step, log_path, writer)
 
     # ---- train ------------------------------------------------------------------------------------
     t_start = time.time()
-    window = {"loss": 0.0, "tokens": 0, "samples": 0, "audio_s": 0.0, "ctc": 0.0, "ctc_tokens": 0, "t0": time.time()}
+    # summed on the device, read at log steps: LM loss, answer tokens, CTC loss, CTC tokens (this rank's)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    window = {"samples": 0, "audio_s": 0.0, "t0": time.time()}
     dtype_ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.train.bf16 else None
     stop = False
     while step < cfg.train.max_steps and not stop:
@@ -369,7 +418,8 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             dataset, sampler = make_data(stage_idx)
             consumed = 0
             set_stage_trainable(stage_idx)
-            net = wrap()
+            if not fsdp:  # DDP registers the parameters that need gradients when it wraps
+                net = wrap(model, layers, cfg.train.strategy, world, device)
             if rank == 0:
                 lm_w, ctc_w = loss_weights(stage_idx)
                 print(f"\n[speechlm] stage {stage_idx + 1}/{len(stages)} at step {step}: tasks {', '.join(stages[stage_idx].tasks)}; "
@@ -377,24 +427,22 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         micro = 0
         for batch, weight, unit in micro_batches():
             consumed += 1
-            if batch is None:
-                continue
             batch = move(batch, device)
             ctx = dtype_ctx() if dtype_ctx else torch.autocast(device.type, enabled=False)
             with ctx:
                 lm_w, ctc_w = loss_weights(stage_idx)
                 loss_sum, n_tok = net(batch, per_example=cfg.train.loss_norm == "example", lm_weight=lm_w, ctc_weight=ctc_w)
             loss_sum, n_tok = loss_sum * weight, n_tok * int(weight)
-            n_global = n_tok.detach().clone().float()
-            if world > 1:
-                dist.all_reduce(n_global)
-            # sum / global tokens, times world because DDP averages gradients over ranks
+            n_global = all_reduce_(n_tok.detach().clone().float())
+            # sum / global tokens, times world because DDP and FSDP average gradients over ranks
             loss = loss_sum * world / n_global.clamp(min=1) / cfg.train.grad_accum
             loss.backward()
-            window["loss"] += float(loss_sum.detach()); window["tokens"] += int(n_tok)
-            if model.last_losses and weight:
-                window["ctc"] += model.last_losses["ctc"]; window["ctc_tokens"] += model.last_losses["ctc_tokens"]
-                model.last_losses = {}
+            parts, model.last_losses = model.last_losses, {}
+            sums[0] += loss_sum.detach().double()
+            sums[1] += n_tok.double()
+            if parts and weight:
+                sums[2] += parts["ctc"].double()
+                sums[3] += parts["ctc_tokens"]
             if weight:
                 window["samples"] += len(batch.ids); window["audio_s"] += audio_seconds(batch)
             if unit is not None:
@@ -402,48 +450,49 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             micro += 1
             if micro % cfg.train.grad_accum:
                 continue
+            if fsdp and len(active) < len(named):  # parts this stage freezes (set_stage_trainable)
+                for n, p in named:
+                    if n not in active:
+                        p.grad = None
+            sync_replicated_grads(whole)
             if cfg.train.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_grad)
+                clip_grad_norm_(params, cfg.train.clip_grad)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-                if world > 1:  # log the global loss, not rank 0's share
-                    totals = torch.tensor([window["loss"], window["tokens"], window["ctc"], window["ctc_tokens"]],
-                                          dtype=torch.float64, device=device)
-                    dist.all_reduce(totals)
-                    window["loss"], window["tokens"] = float(totals[0]), int(totals[1])
-                    window["ctc"], window["ctc_tokens"] = float(totals[2]), int(totals[3])
-            if rank == 0 and (step % cfg.train.log_every == 0 or step == cfg.train.max_steps):
+            log_now = step % cfg.train.log_every == 0 or step == cfg.train.max_steps
+            if log_now:  # the global loss, not rank 0's share; the one wait for the device per log step
+                loss_total, tokens, ctc_total, ctc_tokens = all_reduce_(sums.clone()).tolist()
+                sums.zero_()
+            if rank == 0 and log_now:
                 dt = max(1e-9, time.time() - window["t0"])
-                rec = {"step": step, "split": "train", "loss": window["loss"] / max(1, window["tokens"]),
+                rec = {"step": step, "split": "train", "loss": loss_total / max(1, tokens),
                        "lr": scheduler.get_last_lr()[0], "samples_per_s": window["samples"] * world / dt,
                        "audio_s_per_s": window["audio_s"] * world / dt, "elapsed_s": time.time() - t_start, "epoch": epoch_now(),
                        "stage": stage_idx}
-                if window["ctc_tokens"]:
-                    rec["ctc_loss"] = window["ctc"] / window["ctc_tokens"]  # per transcript token
+                if ctc_tokens:
+                    rec["ctc_loss"] = ctc_total / ctc_tokens  # per transcript token
                 with open(log_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(rec) + "\n")
                 for k in ("loss", "lr", "samples_per_s", "ctc_loss"):
                     if k in rec:
                         writer.add_scalar(f"train/{k}", rec[k], step)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", sps=f"{rec['samples_per_s']:.2f}")
-            if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-                window = {"loss": 0.0, "tokens": 0, "samples": 0, "audio_s": 0.0, "ctc": 0.0, "ctc_tokens": 0, "t0": time.time()}
+            if log_now:
+                window = {"samples": 0, "audio_s": 0.0, "t0": time.time()}
             if bar is not None:
                 bar.update(1)
-            if val_cuts and cfg.train.eval_every and step % cfg.train.eval_every == 0 and rank == 0:
-                _log_val(model, val_cuts, cfg, device, step, log_path, writer)
+            if val_cuts and cfg.train.eval_every and step % cfg.train.eval_every == 0:
+                validate()
             stage_end = bool(stages) and stage_at(stages, step) != stage_idx
             last = step >= cfg.train.max_steps or step == cfg.train.stop_at_step
             if (step % cfg.train.save_every == 0 or stage_end) and not last:
                 checkpoint()  # also at every stage boundary: a control run can fork there (speechlm.demos.multitask)
             timed_out = bool(cfg.train.max_minutes) and (time.time() - t_start) / 60 >= cfg.train.max_minutes
-            if world > 1:  # every rank must stop at the same step, or one would wait in a collective forever
-                flag = torch.tensor([float(timed_out)], device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                timed_out = bool(flag.item())
+            if world > 1 and cfg.train.max_minutes:  # every rank must stop at the same step, or one would wait in a
+                flag = torch.tensor([float(timed_out)], device=device)  # collective forever (needs a sync: only with a limit)
+                timed_out = bool(all_reduce_(flag, op=dist.ReduceOp.MAX).item())
             if last or timed_out:
                 stop = True
                 if timed_out and rank == 0:
@@ -459,8 +508,8 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
     # ---- save / cleanup ---------------------------------------------------------------------------
     if rank == 0:
         bar.close()
-        if val_cuts:
-            _log_val(model, val_cuts, cfg, device, step, log_path, writer)
+    if val_cuts:
+        validate()
     final = checkpoint()
     if rank == 0:
         writer.close()
@@ -471,14 +520,11 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         except FileNotFoundError:
             pass
         print(f"[speechlm] saved {final}", flush=True)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    cleanup()
     return final if final is not None else out_dir / CKPT_DIR
 
 
-def _log_val(model, val_cuts, cfg, device, step, log_path, writer) -> None:
-    rec = validation_metrics(model, val_cuts, cfg, device)
+def _log_val(rec: dict[str, float], step: int, log_path: Path, writer) -> None:
     with open(log_path, "a", encoding="utf-8") as f:
         f.write(json.dumps({"step": step, "split": "val", **rec}) + "\n")
     for k, v in rec.items():
