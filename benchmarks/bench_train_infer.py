@@ -1,10 +1,7 @@
-"""CPU benchmark of SpeechLM training throughput and greedy-decoding speed, against a straightforward baseline;
-and (``--device``) one configuration's training step on a GPU: samples/s, MFU against the GPU's bf16 peak, memory.
+"""CPU benchmark of SpeechLM training throughput and greedy-decoding speed, against a straightforward baseline.
 
     python benchmarks/bench_train_infer.py            # full run (~4 min on 2 cores), writes results/train_infer_cpu.json
     python benchmarks/bench_train_infer.py --quick    # smoke run, writes results/train_infer_cpu_quick.json
-    python benchmarks/bench_train_infer.py --device cuda --dtype bfloat16 --autocast --compile --batch 32
-    python benchmarks/bench_train_infer.py --device cpu --smoke --out /tmp/x.json   # the GPU mode's code on CPU, tiny
 
 What it measures, all in one process on the same machine and thread count:
 
@@ -24,15 +21,8 @@ full ``max_new_tokens``: that greedy RTF is an upper bound (the decode-step coun
 times decoding stopped at each batch's reference-transcript length (what a trained model that stops costs).
 Training variants are timed in interleaved rounds, so a slow patch of a shared machine hits all alike.
 
-Device mode (``--device cuda``, or ``cpu`` to run the same code on a CPU): one training step configuration (the
-"ours" variant: real-length encoder, empty system turn, answer-only logits), with bf16 weights (``--dtype``),
-bf16 autocast (``--autocast``), the attention kernel (``--attn``), ``torch.compile`` of the LLM's decoder layers
-(``--compile``), any LLM or encoder by registry name or folder (``--llm``, ``--encoder``), or a randomly initialised
-one of a published shape saved to a folder and loaded from it (``--random-llm-config``, ``--random-encoder-config``:
-model hubs are out of reach on the benchmark machines). FLOPs per step are the CPU mode's analytic count; MFU divides
-them by the time and the GPU's dense bf16 peak from NVIDIA's datasheets (``GPU_BF16_PEAK_TFLOPS``; ``--peak-tflops``
-overrides; unknown devices, CPUs included, get no MFU but a note). ``--smoke`` makes it tiny (random tiny backbones,
-2 steps) to test the plumbing. Writes ``results/train_<device>_<options>.json`` with the command.
+The GPU mode (one configuration's training step on a GPU: samples/s, MFU, peak memory) is its own script,
+``benchmarks/bench_train_gpu.py``; it reuses this file's data, step shapes and FLOP count (``analytic_flops``).
 See benchmarks/README.md for the latest numbers and what limits them.
 """
 
@@ -46,7 +36,6 @@ import json
 import math
 import os
 import platform
-import re
 import resource
 import shlex
 import statistics
@@ -68,6 +57,7 @@ SR = 16000
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_TRAIN_SAMPLES_PER_S = 4.0
 TARGET_GREEDY_RTF = 0.1
+GPU_POINTER = "GPU mode (samples/s, MFU, peak memory on --device cuda): python benchmarks/bench_train_gpu.py --help"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -597,240 +587,6 @@ def bench_inference(model: SpeechLM, clips: list[np.ndarray], meta: list[dict], 
 
 
 # --------------------------------------------------------------------------------------------------
-# device mode: one configuration's training step on a GPU (or, for its plumbing, a CPU)
-# --------------------------------------------------------------------------------------------------
-# Dense bf16 tensor-core peaks in TFLOP/s (without 2:4 sparsity, which NVIDIA's datasheets list first, at twice these):
-#   H100 SXM 989, H100 NVL 835, H100 PCIe 756: NVIDIA H100 Tensor Core GPU datasheet (1,979 / 1,671 / 1,513 "with sparsity")
-#   H200 SXM 989, H200 NVL 835: NVIDIA H200 datasheet (the H100's chip with more memory; 1,979 / 1,671 with sparsity)
-#   GH200 989: NVIDIA GH200 Grace Hopper Superchip datasheet
-#   B200 2250: NVIDIA HGX B200 specifications (4.5 PFLOPS FP16/BF16 with sparsity, per GPU)
-#   A100 312: NVIDIA A100 datasheet (624 with sparsity; SXM and PCIe, 40 and 80 GB alike)
-#   L40S 362, L40 181, L4 121, A10 125: the L40S, L40, L4 and A10 datasheets (733, 362, 242, 250 with sparsity)
-# First match against torch.cuda.get_device_name() wins ("NVIDIA H100 80GB HBM3" is the SXM part; "NVIDIA H200" too).
-GPU_BF16_PEAK_TFLOPS: list[tuple[str, float]] = [
-    (r"GH200", 989.0), (r"H200 NVL", 835.0), (r"H200", 989.0),
-    (r"H100 NVL", 835.0), (r"H100 PCIe", 756.0), (r"H100", 989.0),
-    (r"B200", 2250.0), (r"A100", 312.0),
-    (r"L40S", 362.0), (r"\bL40\b", 181.0), (r"\bL4\b", 121.0), (r"\bA10\b", 125.0),
-]
-
-
-def bf16_peak_tflops(device_name: str) -> tuple[float | None, str | None]:
-    """(dense bf16 peak TFLOP/s, the table row that matched) for a CUDA device name; (None, None) if unknown."""
-    for pattern, tflops in GPU_BF16_PEAK_TFLOPS:
-        if re.search(pattern, device_name):
-            return tflops, pattern
-    return None, None
-
-
-def device_info(device: torch.device) -> dict[str, Any]:
-    """The accelerator (or CPU) the device mode ran on."""
-    if device.type != "cuda":
-        return {"device_name": cpu_info()["cpu_model"]}
-    props = torch.cuda.get_device_properties(device)
-    return {"device_name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
-            "capability": f"{props.major}.{props.minor}", "multiprocessors": props.multi_processor_count,
-            "memory_gib": round(props.total_memory / 2**30, 1), "cudnn": torch.backends.cudnn.version()}
-
-
-def random_backbones(args: argparse.Namespace) -> tuple[str | None, str | None]:
-    """Folders of the randomly initialised backbones asked for (written once under ``--random-dir``), else None."""
-    from speechlm.utils import cache_root
-
-    root = Path(args.random_dir) if args.random_dir else cache_root() / "random"
-    on = "cuda" if args.device == "cuda" else "cpu"
-    llm = enc = None
-    if args.random_llm_config:
-        from speechlm.backbones.llm import save_random_llm
-
-        llm = str(save_random_llm(args.random_llm_config, root / f"llm-{args.random_llm_config}", device=on))
-    if args.random_encoder_config:
-        from speechlm.backbones.whisper import save_random_whisper
-
-        enc = str(save_random_whisper(args.random_encoder_config, root / f"whisper-{args.random_encoder_config}"))
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()  # the model built on the GPU to be saved is gone: hand its memory back
-    return llm, enc
-
-
-class StepClock:
-    """Per-step times without a host-device sync inside the loop: CUDA events on a GPU (read after one sync at
-    the end), the wall clock on a CPU."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.marks: list[Any] = []
-
-    def mark(self) -> None:
-        if self.cuda:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            self.marks.append(ev)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def step_times(self) -> list[float]:
-        if self.cuda:
-            torch.cuda.synchronize()
-            return [a.elapsed_time(b) / 1e3 for a, b in zip(self.marks, self.marks[1:])]
-        return [b - a for a, b in zip(self.marks, self.marks[1:])]
-
-
-def device_out_path(args: argparse.Namespace, llm: str) -> Path:
-    """results/train_<device>_<llm>_<dtype>[_autocast]_<attn>[_compile]_b<batch>[_smoke].json"""
-    name = args.random_llm_config or Path(llm.rstrip("/")).name
-    tag = "_".join([args.device, re.sub(r"[^A-Za-z0-9.-]+", "-", name), args.dtype] + (["autocast"] if args.autocast else [])
-                   + [args.attn] + (["compile"] if args.compile else []) + [f"b{args.batch}"] + (["smoke"] if args.smoke else []))
-    return RESULTS / f"train_{tag}.json"
-
-
-def run_device(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
-    """Time ``--steps`` training steps (forward, backward, clipping, fused AdamW) of one configuration on
-    ``--device`` after ``--warmup`` steps, and write the result JSON (see the module docstring)."""
-    from speechlm.model.builders import backbone_dtype, build_speechlm, resolve_attn_implementation
-
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False)")
-    if args.tf32:
-        torch.set_float32_matmul_precision("high")  # TF32 tensor cores for the fp32 matmuls left
-    clock = start_run()
-    log = clock.log
-    rss = PeakRSS()
-    rand_llm, rand_enc = random_backbones(args)
-    base = ModelConfig()
-    if args.smoke:  # the tests' tiny sizes (speechlm.model.builders.SIZES["tiny"])
-        base = ModelConfig(encoder="tiny-whisper", llm="tiny-llama", downsample=4, adapter_hidden=64, lora_r=4, lora_alpha=8)
-    mcfg = dataclasses.replace(base, encoder=rand_enc or args.encoder or base.encoder, llm=rand_llm or args.llm or base.llm,
-                               dtype=args.dtype, attn_implementation=args.attn)
-    attn = resolve_attn_implementation(mcfg.attn_implementation, backbone_dtype(mcfg.dtype), device)
-    log(f"building model on {device}: encoder {mcfg.encoder}, LLM {mcfg.llm}, weights {mcfg.dtype}, attention {attn}")
-    t0 = time.perf_counter()
-    model = build_speechlm(mcfg, device=device)
-    build_s = time.perf_counter() - t0
-    model.train()
-    model.encoder.pad_to_30s = False
-    if args.compile:  # each decoder block alone (torchtitan's per-block compile): the names and peft wrapping stay
-        for layer in model.decoder.layers:
-            layer.compile(backend=args.compile_backend)
-    task = get_task("asr")
-    msg = task.user_message(task.instructions[0], model.audio_token)
-    waves, targets, source = train_batch_data(model.tokenizer, model.eos_id, batch=args.batch, seconds=args.clip_seconds,
-                                              answer_tokens=args.answer_tokens, real=False)
-    ours = Variant("ours", pad_30s=False, system_prompt=mcfg.system_prompt, logits="answer")
-    batch = make_batch(model, [w.to(device) for w in waves], targets, ours.system_prompt, msg)  # inputs already there
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=device.type == "cuda")
-
-    def step() -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast):
-            loss_sum, n_tok = model(batch)  # [], []
-        loss = loss_sum / n_tok.clamp(min=1)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()  # no .item(): the loop does not wait for the device
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    warm_s = []
-    for i in range(args.warmup):  # the first steps compile (--compile) and pick kernels
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        warm_s.append(time.perf_counter() - t0)
-        log(f"  warm-up step {i + 1}/{args.warmup}: {warm_s[-1]:.3f} s")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    rss.reset()
-    steps = StepClock(device)
-    losses = []
-    sync()
-    t0 = time.perf_counter()
-    steps.mark()
-    for _ in range(args.steps):
-        losses.append(step())
-        steps.mark()
-    sync()
-    wall = time.perf_counter() - t0
-    times = steps.step_times()
-    loss_values = torch.stack(losses).float().cpu()  # one transfer, after timing
-    s_per_step = wall / args.steps
-
-    sh = shapes(model, batch, ours)
-    fl = analytic_flops(model, sh)
-    name = device_info(device)["device_name"]
-    if args.peak_tflops:
-        peak, peak_src = args.peak_tflops, "--peak-tflops"
-    elif device.type == "cuda":
-        peak, row = bf16_peak_tflops(name)
-        peak_src = f"NVIDIA datasheet, dense bf16 (table row {row!r})" if peak else None
-    else:
-        peak, peak_src = None, None
-    achieved = fl["total"] / s_per_step / 1e12
-    mem: dict[str, Any]
-    if device.type == "cuda":
-        mem = {"peak_memory_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
-               "peak_memory_kind": "torch.cuda.max_memory_allocated over the timed steps",
-               "peak_memory_reserved_mib": round(torch.cuda.max_memory_reserved(device) / 2**20, 1)}
-    else:
-        mem = {"peak_memory_mib": rss.read_mib(), "peak_memory_kind": "process peak RSS (VmHWM) over the timed steps"}
-    weights: dict[str, float] = {}
-    for p in model.parameters():
-        key = str(p.dtype).replace("torch.", "")
-        weights[key] = weights.get(key, 0.0) + p.numel() * p.element_size() / 2**20
-    audio_s = sum(w.numel() for w in batch.waves) / SR
-    res: dict[str, Any] = {
-        "benchmark": "train_device",
-        "command": shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["python", sys.argv[0], *argv]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": device.type,
-        "device_name": name,
-        "smoke": args.smoke,
-        "machine": {**clock.machine, **device_info(device)},
-        "options": {"dtype": mcfg.dtype, "autocast_bf16": args.autocast, "attn_implementation": args.attn,
-                    "attn_implementation_resolved": attn, "compile": args.compile,
-                    "compile_backend": args.compile_backend if args.compile else None,
-                    "float32_matmul_precision": torch.get_float32_matmul_precision(), "batch": args.batch,
-                    "clip_seconds": args.clip_seconds, "answer_tokens": args.answer_tokens, "encoder": mcfg.encoder,
-                    "llm": mcfg.llm, "random_llm_config": args.random_llm_config or None,
-                    "random_encoder_config": args.random_encoder_config or None},
-        "config": {"model": dataclasses.asdict(mcfg), "params": model.num_params(),
-                   "weights_mib_by_dtype": {k: round(v, 1) for k, v in weights.items()},
-                   "trainable_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in params})},
-        "inputs": {"audio_source": source, "instruction": task.instructions[0],
-                   "note": "inputs are on the device before timing: data loading is not measured"},
-        "build_s": build_s,
-        "warmup_steps": args.warmup, "warmup_s": [round(x, 4) for x in warm_s],
-        "timed_steps": args.steps, "step_times_s": [round(x, 5) for x in times],
-        "s_per_step": s_per_step, "s_per_step_median": statistics.median(times),
-        "samples_per_s": args.batch / s_per_step, "audio_s_per_s": audio_s / s_per_step,
-        "llm_tokens_per_s": sh["batch"] * sh["seq_len"] / s_per_step,
-        "shapes": sh, "flops_per_step": fl, "achieved_tflops": achieved,
-        "peak_bf16_tflops": peak, "peak_source": peak_src,
-        "mfu": achieved / peak if peak else None,
-        **mem,
-        "loss_first": float(loss_values[0]), "loss_last": float(loss_values[-1]),
-        "loss_finite": bool(torch.isfinite(loss_values).all()),
-        "wall_s": clock.wall_s(),
-    }
-    if not peak:
-        res["mfu_note"] = (f"no bf16 peak known for {name!r} ({device.type}): MFU omitted; pass --peak-tflops "
-                           "to set one (GPU_BF16_PEAK_TFLOPS lists the datasheet peaks)")
-    out_path = Path(args.out) if args.out else device_out_path(args, mcfg.llm)
-    write_json(out_path, res)
-    mfu = f"{100 * res['mfu']:.1f}%" if res["mfu"] is not None else "n/a"
-    log(f"{device.type} ({name}): {s_per_step * 1e3:.1f} ms/step, {res['samples_per_s']:.1f} samples/s, "
-        f"{achieved:.2f} TFLOP/s, MFU {mfu}, peak memory {mem['peak_memory_mib']:.0f} MiB, loss {res['loss_last']:.3f}")
-    log(f"wrote {out_path}")
-    return res
-
-
-# --------------------------------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------------------------------
 def print_tables(res: dict[str, Any]) -> None:
@@ -893,7 +649,13 @@ def print_tables(res: dict[str, Any]) -> None:
 # main
 # --------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    args_in = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--device" or a.startswith("--device=") for a in args_in):  # before parsing: its options are not ours
+        print(f"the GPU mode (--device) moved to its own script: python benchmarks/bench_train_gpu.py {shlex.join(args_in)}",
+              file=sys.stderr)
+        raise SystemExit(2)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=GPU_POINTER)
     ap.add_argument("--quick", action="store_true", help="smoke run: fewer steps, 4 clips, 16 new tokens; writes *_quick.json")
     ap.add_argument("--out", default="", help="result JSON (default benchmarks/results/train_infer_cpu[_quick].json)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 keeps torch's default)")
@@ -901,39 +663,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=0, help="timed training steps per variant (default 8, quick 2)")
     ap.add_argument("--size", default="smol", choices=["smol", "tiny"], help="model size (tiny: random backbones, to test the script)")
     ap.add_argument("--no-ablation", action="store_true", help="skip the one-lever-at-a-time variants")
-    dev = ap.add_argument_group("device mode (--device): one configuration's training step, MFU, peak memory")
-    dev.add_argument("--device", default="", choices=["", "cuda", "cpu"], help="run the device mode there (cpu: its plumbing)")
-    dev.add_argument("--smoke", action="store_true", help="tiny random backbones, batch 2 x 1 s, 1+2 steps (tests)")
-    dev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="frozen backbone weights (model.dtype)")
-    dev.add_argument("--autocast", action="store_true", help="bf16 autocast around the forward (train.bf16)")
-    dev.add_argument("--attn", default="auto", choices=["auto", "sdpa", "flash_attention_2", "eager"],
-                     help="attention kernel (model.attn_implementation)")
-    dev.add_argument("--compile", action="store_true", help="torch.compile each LLM decoder layer")
-    dev.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: tracing only, for tests)")
-    dev.add_argument("--llm", default="", help="LLM: registry name or Hugging Face folder (default: ModelConfig's)")
-    dev.add_argument("--encoder", default="", help="encoder: registry name or Hugging Face Whisper folder")
-    dev.add_argument("--random-llm-config", default="", metavar="SHAPE",
-                     help="random Llama of a published shape, saved to a folder and loaded from it "
-                          "(speechlm.backbones.llm.RANDOM_LLM_SHAPES: tiny, smollm2-135m, llama-3.2-1b, llama-3.2-3b, ...)")
-    dev.add_argument("--random-encoder-config", default="", metavar="SHAPE",
-                     help="random Whisper of a published shape (speechlm.backbones.whisper.RANDOM_WHISPER_SHAPES: tiny.en, ...)")
-    dev.add_argument("--random-dir", default="", help="where random backbones are saved (default: the speechlm cache/random)")
-    dev.add_argument("--batch", type=int, default=0, help="clips per step (default 16; smoke 2)")
-    dev.add_argument("--clip-seconds", type=float, default=0.0, help="seconds per clip (default 5; smoke 1)")
-    dev.add_argument("--answer-tokens", type=int, default=0, help="answer tokens per clip (default 40; smoke 8)")
-    dev.add_argument("--warmup", type=int, default=-1, help="untimed steps first (default 3; smoke 1)")
-    dev.add_argument("--peak-tflops", type=float, default=0.0, help="bf16 peak for the MFU, overriding the datasheet table")
-    dev.add_argument("--tf32", action="store_true", help="TF32 tensor cores for fp32 matmuls (float32_matmul_precision high)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device:
-        args.batch = args.batch or (2 if args.smoke else 16)
-        args.clip_seconds = args.clip_seconds or (1.0 if args.smoke else 5.0)
-        args.answer_tokens = args.answer_tokens or (8 if args.smoke else 40)
-        args.warmup = args.warmup if args.warmup >= 0 else (1 if args.smoke else 3)
-        args.steps = args.steps or (2 if args.smoke else 10)
-        return run_device(args, argv)
     quick = args.quick
     warmup, steps = (1, args.steps or 2) if quick else (2, args.steps or 8)
     n_clips, max_new = (4, 16) if quick else (8, 64)

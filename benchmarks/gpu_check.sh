@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# GPU check of issue 13 part 3: the benchmark's device mode on one CUDA GPU, in one go (about 3-6 min on an H100/H200).
+# GPU check of issue 13 part 3: benchmarks/bench_train_gpu.py on one CUDA GPU, in one go (about 3-6 min on an H100/H200).
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root, on a machine with one CUDA GPU
 #
-# Runs benchmarks/bench_train_infer.py --device cuda, each configuration in its own process (clean peak memory):
+# Runs benchmarks/bench_train_gpu.py --device cuda, each configuration in its own process (clean peak memory):
 #   - the demo recipe's backbones (Whisper tiny.en encoder + SmolLM2-135M-Instruct, stack adapter, LoRA): fp32
 #     weights (the package default), bf16 weights + autocast with SDPA, the same + torch.compile of the LLM blocks,
 #     the same with eager attention (what SDPA saves), and flash_attention_2 when flash-attn is installed;
@@ -70,8 +70,8 @@ run() {  # run NAME ARGS...: one configuration, its JSON as $RUNS/NAME.json, wit
         N_SKIP=$((N_SKIP + 1)); say "run $name SKIPPED: the ${TOTAL_TIMEOUT}-s budget is spent"; return
     fi
     local limit=$((left < RUN_TIMEOUT ? left : RUN_TIMEOUT))
-    say "run $name (at most $limit s): bench_train_infer.py --device cuda $*"
-    if timeout "$limit" "$PY" benchmarks/bench_train_infer.py --device cuda --steps "$STEPS" --out "$RUNS/$name.json" "$@" >>"$LOG" 2>&1; then
+    say "run $name (at most $limit s): bench_train_gpu.py --device cuda $*"
+    if timeout "$limit" "$PY" benchmarks/bench_train_gpu.py --device cuda --steps "$STEPS" --out "$RUNS/$name.json" "$@" >>"$LOG" 2>&1; then
         N_OK=$((N_OK + 1)); DONE+=("$name"); tail -n 2 "$LOG" | head -n 1
     else
         N_FAIL=$((N_FAIL + 1)); say "run $name FAILED (exit $?); the log has the traceback"

@@ -1,4 +1,4 @@
-"""The benchmark's device mode (``benchmarks/bench_train_infer.py --device cuda``) run on the CPU: its code path
+"""The GPU benchmark (``benchmarks/bench_train_gpu.py``) run on the CPU (``--device cpu``): its code path
 end to end at tiny size (random backbones saved to folders and loaded from them, bf16 weights, autocast, per-block
 torch.compile, the JSON it writes), and the datasheet table its MFU divides by. No GPU numbers are made up: on a CPU
 the JSON says device cpu and has no MFU unless a peak is given."""
@@ -13,18 +13,26 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_train_infer.py"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_script(name: str):
+    """A benchmark script as a module (they are scripts, not part of the package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses resolve their module by name
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """The benchmark script as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("bench_train_infer", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_train_infer"] = mod  # dataclasses resolve their module by name
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop("bench_train_infer", None)
+    """bench_train_gpu.py, which imports bench_train_infer.py (its shapes, FLOP count, data) from beside it."""
+    path = list(sys.path)
+    yield load_script("bench_train_gpu")
+    for name in ("bench_train_gpu", "bench_train_infer"):
+        sys.modules.pop(name, None)
+    sys.path[:] = path
 
 
 def test_device_mode_runs_on_cpu_and_writes_its_json(bench, tmp_path, one_thread):
@@ -72,3 +80,11 @@ def test_default_result_name_says_device_and_options(bench):
 ])
 def test_bf16_peak_table(bench, name, peak):
     assert bench.bf16_peak_tflops(name)[0] == peak
+
+
+def test_cpu_benchmark_points_device_runs_to_the_gpu_script(bench, capsys):
+    with pytest.raises(SystemExit) as e:
+        sys.modules["bench_train_infer"].main(["--device", "cuda", "--batch", "64"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "python benchmarks/bench_train_gpu.py --device cuda --batch 64" in err
