@@ -88,6 +88,11 @@ class DataConfig:
     When set it replaces train_manifest; ranks and dataloader workers read disjoint parts."""
     use_features: bool = True
     """Train on cached encoder features when the manifest has them (speechlm prepare --features); needs a frozen encoder."""
+    frame_mask: float = 0.0
+    """SpecAugment-style masking of cached encoder frames while training (0: off): about this share of each clip's
+    frames is zeroed in time masks of at most 10 frames (0.2 s at 50 frames/s), plus two masks of at most 27 of the
+    encoder's channels (SpecAugment's LibriSpeech policy, Park et al. 2019, on the encoder's output instead of its
+    input). Drawn from (seed, epoch, clip): a resumed run masks alike. Validation never masks."""
     shuffle_buffer: int = 500
     """Items held in memory to shuffle a shard stream (shard order is shuffled per epoch as well)."""
     val_manifest: str = ""
@@ -193,6 +198,10 @@ class DemoConfig:
     """With text_source `mixed`: the share of random word strings."""
     augment: bool = False
     """Speed perturbation, simulated room reverberation and noise on the synthetic clips (speechlm.corpora.augment)."""
+    pseudo_label: bool = False
+    """Also train on the shared real English clips that have no transcript (LibriSpeech read speech, ~200 clips,
+    ~90 speakers), transcribed by Whisper tiny.en's own decoder (speechlm.corpora.pseudo_label; marked
+    `text_source: pseudo:whisper-tiny.en` in the manifest). Real voices in open text: what TTS cannot give."""
     features: bool = False
     """Run the frozen encoder once over the training clips before training (speechlm.model.features) and train
     from its cached outputs; the caching time is reported apart from training time."""

@@ -2,7 +2,8 @@
 
 1. builds a training corpus: synthetic speech from many male and female Debian voices (espeak-ng, flite;
    varied rate and pitch; with the `demo` recipe, broad-vocabulary text and room/noise/speed augmentation) plus
-   the training speakers of the shared real speech, when present; caches the frozen encoder's outputs when the
+   the training speakers of the shared real speech, when present (and, with ``demo.pseudo_label``, its
+   untranscribed English clips with Whisper tiny.en's transcripts); caches the frozen encoder's outputs when the
    recipe says so (``demo.features``), timed apart;
 2. joins the real Whisper tiny.en encoder and SmolLM2-135M-Instruct with a fresh adapter and LoRA, and
    trains them for at most ``minutes`` with the recipe's stage table (`demo`: CTC on the LLM's embeddings
@@ -98,6 +99,14 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
         for corpus in sorted({c.labels.get("corpus", c.id.split("/")[0]) for c in test}):
             subsets[f"held-out {corpus}"] = _sample([c for c in test if c.labels.get("corpus", c.id.split("/")[0]) == corpus], eval_per_subset, seed)
         subsets["open-vocabulary (asr_en)"] = _sample(read_manifest(splits["test_open"]), eval_per_subset, seed)
+        if d.pseudo_label:  # LibriSpeech clips without text, transcribed by Whisper tiny.en (cached in data/real)
+            from speechlm.corpora.pseudo_label import pseudo_label_manifest
+
+            pseudo = read_manifest(pseudo_label_manifest(root / "manifest.jsonl", data / "real" / "pseudo.jsonl",
+                                                         id_prefix="librispeech/"))
+            print(f"[speechlm demo] {len(pseudo)} real clips pseudo-labelled by Whisper tiny.en "
+                  f"({sum(c.duration for c in pseudo) / 60:.1f} min)", flush=True)
+            train_cuts += pseudo
     else:
         print("[speechlm demo] ../shared/data/real not found: training on synthetic speech only", flush=True)
     subsets["synthetic (held-out)"] = val

@@ -109,7 +109,8 @@ class SpeechEncoder(nn.Module):
             x = x.to(dtype)
             out = layer(x, self.attention_mask(valid, dtype) if valid is not None else None)
             x = out[0] if isinstance(out, tuple) else out  # transformers 4.x returns a tuple, 5.x a tensor
-        x = enc.layer_norm(x.to(enc.layer_norm.weight.dtype))  # [B, F, D]
+        norm_weight = getattr(enc.layer_norm, "weight", None)  # None: an Identity (a tokenizer's middle-layer view)
+        x = enc.layer_norm(x if norm_weight is None else x.to(norm_weight.dtype))  # [B, F, D]
         if self.pad_to_30s:
             x = x[:, : int(lengths.max())]
         # Zero the frames past each clip's end: the adapter stacks/convolves neighbours, and a clip's output

@@ -22,7 +22,7 @@ from speechlm.tasks import Task
 class SpeechDataset(Dataset):
     def __init__(self, cuts: list[Cut], task: Task, formatter: PromptFormatter, seed: int = 0,
                  held_out_instructions: bool = False, with_targets: bool = True, skip_bad: bool = False,
-                 tasks: list[Task] | None = None, ctc_targets: bool = False):
+                 tasks: list[Task] | None = None, ctc_targets: bool = False, frame_mask: float = 0.0):
         self.cuts = cuts
         self.task = task
         self.tasks = tasks  # multi-task: the task of each example (speechlm.tasks.mixture), else `task` for all
@@ -33,6 +33,7 @@ class SpeechDataset(Dataset):
         self.with_targets = with_targets
         self.skip_bad = skip_bad
         self.ctc_targets = ctc_targets  # also tokenize each transcript as the CTC target (a model with a CTC head)
+        self.frame_mask = frame_mask  # share of cached frames masked (data.frame_mask); training datasets only
         self._prompt = lru_cache(maxsize=256)(self._prompt_uncached)
         # a manifest written by `speechlm prepare --features` carries cached frozen-encoder outputs
         self.use_features = bool(cuts) and "features" in cuts[0].labels
@@ -55,7 +56,7 @@ class SpeechDataset(Dataset):
                     return None
                 raise ValueError(f"{cut.source or cut.id}: cached features: {e}") from e
             item = self.build_item(cut.id, None, cut.text, cut.labels, self.epoch, cut.source, self._task(i))
-            item["frames"] = frames
+            item["frames"] = mask_frames(frames, self.frame_mask, f"{self.seed}:{self.epoch}:{cut.id}") if self.frame_mask else frames
             return item
         try:
             wave = load_audio(cut.audio, start=cut.start, duration=cut.duration)  # [N] float32, 16 kHz
@@ -89,6 +90,34 @@ class SpeechDataset(Dataset):
     def from_shard_item(self, it: dict) -> dict:
         """Transform for a ShardDataset stream item (runs in dataloader workers)."""
         return self.build_item(it["id"], it["wave"], it["text"], it["labels"], it["epoch"], f"shard item {it['id']}")
+
+
+def mask_frames(frames: torch.Tensor, share: float, key: str, max_width: int = 10, channel_masks: int = 2,
+                max_channels: int = 27) -> torch.Tensor:
+    """SpecAugment on encoder frames [F, D] -> a masked copy [F, D] (data.frame_mask).
+
+    Time masks of 1..``max_width`` frames (SpecAugment's T = 10 at 50 frames/s is 0.2 s, about a syllable) are
+    drawn until about ``share`` of the frames is covered; then ``channel_masks`` masks of 1..``max_channels``
+    channels (SpecAugment's LibriSpeech policy: 2 masks, F = 27). Masked values are 0, which after the adapter's
+    LayerNorm is the mean: the frame says nothing rather than something false. The draw depends on ``key`` only
+    (seed, epoch, clip), so a resumed run sees the same masks.
+    """
+    if share <= 0 or frames.shape[0] == 0:
+        return frames
+    rng = random.Random(key)
+    f, d = frames.shape  # [F, D]
+    out = frames.clone()
+    covered, budget = 0, share * f
+    while covered < budget:
+        w = rng.randint(1, max_width)
+        t0 = rng.randrange(0, max(1, f - w + 1))
+        out[t0:t0 + w] = 0
+        covered += w
+    for _ in range(channel_masks):
+        w = rng.randint(1, min(max_channels, d))
+        c0 = rng.randrange(0, d - w + 1)
+        out[:, c0:c0 + w] = 0
+    return out
 
 
 def collate(items: list[dict | None]) -> Batch | None:

@@ -252,12 +252,15 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
                 raise ValueError(f"{cfg.data.train_manifest}: cached features need a frozen encoder; "
                                  "set model.train_encoder_layers=0 or data.use_features=false")
             verify_features(cfg.data.train_manifest, model.encoder)  # refuses another encoder's features
+    if cfg.data.frame_mask and not (cuts and "features" in cuts[0].labels):
+        raise ValueError("data.frame_mask masks cached encoder frames: the training manifest needs them "
+                         "(speechlm prepare --features) and data.use_features=true")
 
     def make_data(k: int) -> tuple[SpeechDataset, DurationBatchSampler | None]:
         """Dataset and sampler of stage ``k`` (the only stage without a curriculum)."""
         ex_cuts, ex_tasks = stage_data[k]
         ds = SpeechDataset(ex_cuts, task, model.formatter, seed=cfg.train.seed, skip_bad=cfg.data.skip_bad, tasks=ex_tasks,
-                           ctc_targets=model.ctc is not None)
+                           ctc_targets=model.ctc is not None, frame_mask=cfg.data.frame_mask)
         if corpus is not None:
             return ds, None
         return ds, DurationBatchSampler([c.duration for c in ex_cuts], cfg.data.max_seconds_per_batch, cfg.data.max_batch,
