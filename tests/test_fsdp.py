@@ -120,32 +120,30 @@ def test_checkpoint_serves_inference_and_holds_no_pickle(runs):
     assert cfg.train.strategy == "fsdp" and model.ctc is not None
 
 
+def _continues(ref_run, out, steps, loss_tol, weight_tol):
+    """The resumed run logs exactly ``steps``, each loss within ``loss_tol`` of the reference run's, and ends with
+    its weights (within ``weight_tol``)."""
+    ref, got = _losses(ref_run), _losses(out)
+    assert sorted(got) == steps
+    for step in got:
+        assert abs(ref[step] - got[step]) < loss_tol, (step, ref[step], got[step])
+    _same_weights(_weights(ref_run, 4), _weights(out, 4), atol=weight_tol)
+
+
 def test_saved_with_two_resumes_with_one(runs, manifest, tmp_path):
     """From step 1 (stage 1: LoRA has no optimizer state yet) across the stage boundary to step 4."""
     out = _train_here(manifest, tmp_path / "two_to_one", resume=str(runs["two"] / "checkpoints" / "step-000001"))
-    ref, got = _losses(runs["two"]), _losses(out)
-    assert sorted(got) == [2, 3, 4]
-    for step in got:
-        assert abs(ref[step] - got[step]) < 1e-4, (step, ref[step], got[step])
-    _same_weights(_weights(runs["two"], 4), _weights(out, 4), atol=1e-5)
+    _continues(runs["two"], out, [2, 3, 4], loss_tol=1e-4, weight_tol=1e-5)
 
 
 def test_saved_with_one_resumes_with_two(runs, manifest, tmp_path):
     out = _train_two(manifest, tmp_path / "one_to_two", resume=str(runs["one"] / "checkpoints" / "step-000001"))
-    ref, got = _losses(runs["one"]), _losses(out)
-    assert sorted(got) == [2, 3, 4]
-    for step in got:
-        assert abs(ref[step] - got[step]) < 1e-4, (step, ref[step], got[step])
-    _same_weights(_weights(runs["one"], 4), _weights(out, 4), atol=1e-5)
+    _continues(runs["one"], out, [2, 3, 4], loss_tol=1e-4, weight_tol=1e-5)
 
 
 def test_resume_with_the_same_world_size_is_exact(runs, manifest, tmp_path):
     out = _train_here(manifest, tmp_path / "again", resume=str(runs["one"] / "checkpoints" / "step-000002"))
-    ref, got = _losses(runs["one"]), _losses(out)
-    assert sorted(got) == [3, 4]
-    for step in got:
-        assert abs(ref[step] - got[step]) < 1e-6, (step, ref[step], got[step])
-    _same_weights(_weights(runs["one"], 4), _weights(out, 4), atol=1e-6)
+    _continues(runs["one"], out, [3, 4], loss_tol=1e-6, weight_tol=1e-6)
 
 
 def test_a_crashed_save_is_never_latest(runs, tmp_path):

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from speechlm.checkpoint.state import STATE_JSON, STATE_TENSORS, load_state, save_state
 from speechlm.config import RecipeConfig, from_dict, to_dict
-from speechlm.utils import atomic_dir, atomic_open, write_json
+from speechlm.utils import atomic_dir, atomic_open, replace_dir, write_json
 
 if TYPE_CHECKING:
     from speechlm.model.speechlm import SpeechLM
@@ -109,15 +109,7 @@ def publish_checkpoint(staging: Path, out_dir: str | os.PathLike, step: int) -> 
     """Rename a completely written staging folder to ``step-NNNNNN`` (replacing one of that name), then point
     ``latest`` at it: until the rename nothing names the folder, after it the folder is whole."""
     path = checkpoint_path(out_dir, step)
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(path, old)
-    os.replace(staging, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_dir(staging, path)
     point_latest(out_dir, path)
     return path
 
