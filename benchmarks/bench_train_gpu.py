@@ -278,6 +278,8 @@ def run_device(args: argparse.Namespace, argv: list[str] | None) -> dict[str, An
     if not peak:
         res["mfu_note"] = (f"no bf16 peak known for {name!r} ({device.type}): MFU omitted; pass --peak-tflops "
                            "to set one (GPU_BF16_PEAK_TFLOPS lists the datasheet peaks)")
+    if args.profile:
+        res["profile"] = profile_steps(step, sync, device, Path(args.profile), log)
     out_path = Path(args.out) if args.out else device_out_path(args, mcfg.llm)
     write_json(out_path, res)
     mfu = f"{100 * res['mfu']:.1f}%" if res["mfu"] is not None else "n/a"
@@ -285,6 +287,38 @@ def run_device(args: argparse.Namespace, argv: list[str] | None) -> dict[str, An
         f"{achieved:.2f} TFLOP/s, MFU {mfu}, peak memory {mem['peak_memory_mib']:.0f} MiB, loss {res['loss_last']:.3f}")
     log(f"wrote {out_path}")
     return res
+
+
+def profile_steps(step, sync, device: torch.device, path: Path, log, n: int = 3) -> dict[str, Any]:
+    """Profile ``n`` steps (after the timed ones) and write the op tables to ``path``: ops by device (CUDA) time
+    and by host (CPU) time, with the number of kernel launches. A step whose device time is far below its wall
+    time is bound by the host (Python, launches, syncs), not by the GPU. Returns the totals per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync()
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for _ in range(n):
+            step()
+        sync()
+    wall = (time.perf_counter() - t0) / n
+    avg = prof.key_averages()
+    # kernels alone: an aten op's self device time repeats its kernels' (summing both would count each twice)
+    dev_us = sum(e.self_device_time_total for e in avg if e.device_type == torch.autograd.DeviceType.CUDA)
+    launches = sum(e.count for e in avg if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    syncs = sum(e.count for e in avg if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync"))
+    head = (f"profiled {n} steps: wall {1e3 * wall:.1f} ms/step, device busy {dev_us / 1e3 / n:.1f} ms/step, "
+            f"{launches / n:.0f} kernel launches/step, {syncs / n:.0f} copies or syncs/step\n\n")
+    tables = []
+    if device.type == "cuda":
+        tables.append("== by device time ==\n" + avg.table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=70))
+    tables.append("== by host time ==\n" + avg.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=70))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(head + "\n\n".join(tables) + "\n")
+    log(head.strip() + f" (tables in {path})")
+    return {"wall_ms_per_step": 1e3 * wall, "device_busy_ms_per_step": dev_us / 1e3 / n,
+            "kernel_launches_per_step": launches / n, "copies_or_syncs_per_step": syncs / n, "tables": str(path)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -317,6 +351,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="bf16 peak for the MFU, overriding the datasheet table")
     ap.add_argument("--tf32", action="store_true", help="TF32 tensor cores for fp32 matmuls (float32_matmul_precision high)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 keeps torch's default)")
+    ap.add_argument("--profile", default="", metavar="TXT",
+                    help="after timing, profile 3 more steps with torch.profiler and write its tables (ops by device "
+                         "time, by host time) to this text file: where a step's time goes")
     ap.add_argument("--out", default="", help="result JSON (default benchmarks/results/train_<device>_<options>.json)")
     args = ap.parse_args(argv)
     if args.threads:

@@ -88,3 +88,36 @@ def test_cpu_benchmark_points_device_runs_to_the_gpu_script(bench, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "python benchmarks/bench_train_gpu.py --device cuda --batch 64" in err
+
+
+def test_profile_writes_the_op_tables(bench, tmp_path, one_thread):
+    """--profile: a few more steps under torch.profiler, the op table in a text file, the per-step totals in the JSON
+    (on a CPU the device time and the kernel launches are 0: there are none)."""
+    out, prof = tmp_path / "train_cpu.json", tmp_path / "profile.txt"
+    bench.main(["--device", "cpu", "--smoke", "--random-llm-config", "tiny", "--random-encoder-config", "tiny",
+                "--random-dir", str(tmp_path / "random"), "--out", str(out), "--profile", str(prof)])
+    p = json.loads(out.read_text())["profile"]
+    assert p["wall_ms_per_step"] > 0 and p["device_busy_ms_per_step"] == 0 and p["kernel_launches_per_step"] == 0
+    text = prof.read_text()
+    assert text.startswith("profiled 3 steps") and "== by host time ==" in text and "aten::mm" in text
+
+
+def test_gpu_recipe_check_runs_its_plumbing_on_cpu(tmp_path):
+    """benchmarks/gpu_recipe_check.sh at tiny size on a CPU: random backbones, noise clips, `prepare manifest
+    --features`, the asr-ctc-gpu recipe under torchrun with its two stages, and the summary JSON of both stages."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work"), "DEVICE": "cpu",
+           "SHAPES": "tiny", "N_CLIPS": "12", "CTC_STEPS": "4", "LM_STEPS": "4", "LOG_EVERY": "2",
+           "BATCH_SECONDS": "40", "MAX_BATCH": "4", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu_recipe_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "recipe_check.json").read_text())
+    assert res["device_name"] == "cpu" and res["clips"] == 12 and res["feature_caching_s"] >= 0
+    assert set(res["stages"]) == {"stage1", "stage2"}
+    for st in res["stages"].values():
+        assert st["samples_per_s"] > 0 and math.isfinite(st["last_loss"]) and st["last_ctc_loss"] is not None
+    assert res["val"]["step"] == 8 and "audio_reliance" in res["val"] and "ctc_wer" in res["val"]
+    assert "max_seconds_per_batch: 40" in res["recipe"] and "max_batch: 4" in res["recipe"]
