@@ -59,9 +59,18 @@ class ModelConfig:
     ctc_head: bool = False
     """Add a CTC head that scores adapter frames against the LLM's frozen token embeddings plus a learned blank
     (speechlm.model.ctc): trained by train.ctc_weight / a stage's `ctc`, decoded for the greedy-CTC WER."""
+    label_head: bool = False
+    """Add a clip-level label head (speechlm.model.labels): the adapter's mean-pooled output scored by scaled cosine
+    against the LLM's embeddings of each closed-set label word (gender, emotion, ...), trained by train.label_weight /
+    a stage's `label` from every label field in the manifest. No LLM forward: the clip-level analogue of the CTC head."""
     ctc_vocab: str = "train"
     """Tokens the CTC head scores: `train` (those of the training transcripts, several times cheaper than all of
     SmolLM2's 49k; set when training starts and saved in the checkpoint) or `all`."""
+    ctc_length_budget: float = 0.0
+    """Decoding with a CTC head: cap a transcript (tasks whose answer is the transcript, target `text`) at this factor
+    times the token count of the clip's greedy CTC transcript, plus one, then end the turn; 0: no cap. The CTC says
+    how long the answer can be, which cuts the LLM's repetition loops (demo run D: 1.2 took asr_en from 68.1% to
+    64.1% WER; benchmarks/bench_ctc_ablation.py --decoding). Other tasks are never capped."""
     posterior_input: bool = False
     """The LLM reads each audio frame as its CTC posterior times the token embeddings (LegoSLM), i.e. mixtures of
     its own input embeddings, instead of the adapter's frames; needs ctc_head. Drops what the tokens do not say."""
@@ -163,6 +172,8 @@ class TrainConfig:
     steps must add up to max_steps. Empty: one stage with data.task / data.tasks. The stage is checkpointed."""
     stage_schedule: bool = False
     """With a stage table: each stage gets its own warm-up and cosine decay (instead of one over all steps)."""
+    label_weight: float = 0.0
+    """Weight of the clip-level label loss (needs model.label_head): cross-entropy per (clip, label field) pair."""
     ctc_weight: float = 0.0
     """Weight of the CTC alignment loss beside the LM loss (needs model.ctc_head; Soundwave uses 0.3)."""
     log_every: int = 5

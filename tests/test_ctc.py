@@ -245,3 +245,52 @@ def test_posterior_input_feeds_the_llm_mixtures_of_its_own_embeddings(tone_manif
 
     loaded, _, _ = load_checkpoint(run)
     assert loaded.posterior_input and loaded.compress_audio
+
+
+def test_ctc_length_budget_caps_transcripts_only():
+    """model.ctc_length_budget: a transcript ends its turn at budget x its clip's greedy CTC token count + 1 (at least
+    2), in generate (greedy and beam search) and in the server's stream_generate; other answers are never capped,
+    and the logits processor lets a capped row only end its turn."""
+    from speechlm.inference.transcribe import stream_generate
+    from speechlm.model.speechlm import EndTurnAtCap
+    from speechlm.tasks import get_task
+
+    scores = torch.zeros(3, 10)
+    out = EndTurnAtCap(torch.tensor([1, 2, 5]), eos_id=7)(torch.zeros(3, 2, dtype=torch.long), scores)
+    assert out[:2].argmax(-1).tolist() == [7, 7] and torch.isinf(out[:2]).sum() == 18 and torch.equal(out[2], scores[2])
+
+    torch.manual_seed(0)
+    model = speechlm_tiny(ctc_head=True, ctc_length_budget=0.5).eval()
+    with torch.no_grad():  # an EOS the random LLM never picks, so every uncapped answer runs to its limit
+        model.causal_lm.get_output_embeddings().weight[model.eos_id].fill_(0.0)
+        model.ctc.log_scale.fill_(3.0)
+    waves = [torch.randn(16000 * s) for s in (1, 2, 3)]
+    asr, ser = get_task("asr"), get_task("ser")
+    prompts = [model.prompt_ids(asr.user_message(asr.instructions[0], model.audio_token))] * 3
+    with torch.no_grad():
+        _, _, caps = model.encode_for_answers(waves, [True, True, False])
+        n_ctc = [len(t) for t in greedy_decode(model.ctc(model.adapt(waves)[0]), model.adapt(waves)[1], model.ctc.blank_id)]
+    assert caps[:2] == [max(2, math.ceil(0.5 * n) + 1) for n in n_ctc[:2]] and caps[2] is None
+    assert max(caps[:2]) < 20, "the test needs caps below the plain limit"
+
+    plain_generate, seen = model.causal_lm.generate, []
+
+    def spy(**kw):  # the generated ids: answer tokens before the first end of turn, per row
+        out = plain_generate(**kw)
+        seen.append([next((i for i, t in enumerate(row) if t == model.eos_id), len(row)) for row in out.tolist()])
+        return out
+
+    model.causal_lm.generate = spy
+    all_caps = caps[:2] + [max(2, math.ceil(0.5 * n_ctc[2]) + 1)]
+    with torch.no_grad():
+        for beams in (1, 2):
+            model.generate(waves, prompts, max_new_tokens=20, num_beams=beams, transcript=True)
+            assert all(n <= c for n, c in zip(seen[-1], all_caps)), (seen[-1], all_caps)
+        plain = model.generate(waves, prompts, max_new_tokens=20, transcript=False)
+        assert seen[-1] == [20, 20, 20]  # uncapped: runs to the limit
+        model.ctc_length_budget = 0.0
+        assert model.generate(waves, prompts, max_new_tokens=20, transcript=True) == plain  # 0: off
+        model.ctc_length_budget = 0.5
+        toks = stream_generate(model, waves, prompts, [20, 20, 20], transcript=[True, True, False])
+    assert [len(t) for t in toks[:2]] == caps[:2] and len(toks[2]) == 20
+    assert ser.target != "text"

@@ -82,7 +82,8 @@ class Transcriber:
             if self.constrained:
                 texts = self.model.classify(batch, [prompt] * len(idx), list(self.task.labels))
             else:
-                texts = self.model.generate(batch, [prompt] * len(idx), max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
+                texts = self.model.generate(batch, [prompt] * len(idx), max_new_tokens=self.max_new_tokens, num_beams=self.num_beams,
+                                            transcript=self.task.target == "text")
             for i, t in zip(idx, texts):
                 out[i] = t
         return out
@@ -142,7 +143,7 @@ def check_waves(waves: Sequence[np.ndarray], names: Sequence[str] | None = None)
 def stream_generate(model: SpeechLM, waves: Sequence[torch.Tensor], prompts: Sequence[PromptIds],
                     max_new_tokens: Sequence[int], temperatures: Sequence[float] | None = None,
                     on_token: Callable[[int, int], None] | None = None, alive: Callable[[int], bool] | None = None,
-                    seed: int | None = None) -> list[list[int]]:
+                    seed: int | None = None, transcript: Sequence[bool] | None = None) -> list[list[int]]:
     """Decode one answer per row token by token with the LLM's KV cache; rows are independent requests.
 
     ``on_token(row, token)`` is called as soon as a row's token is chosen (the server streams from it);
@@ -151,10 +152,13 @@ def stream_generate(model: SpeechLM, waves: Sequence[torch.Tensor], prompts: Seq
     when every row has stopped. Returns each row's tokens, end-of-turn excluded.
 
     Positions follow the attention mask (left padding), as ``transformers``' generate computes them.
+    ``transcript[row]``: the row's answer is the transcript, so the model's ``ctc_length_budget`` caps it (the row
+    then ends its turn at the cap).
     """
     n = len(waves)
     lm, embed = model.causal_lm, model.causal_lm.get_input_embeddings()
-    audio, audio_lengths = model.encode_audio(list(waves))  # [B, A, H], [B]
+    audio, audio_lengths, caps = model.encode_for_answers(list(waves), list(transcript) if transcript is not None else [False] * n)
+    limits = [m if c is None else min(m, c) for m, c in zip(max_new_tokens, caps)]
     batch = Batch(ids=[str(i) for i in range(n)], waves=list(waves), prompts=list(prompts))
     emb, mask, _ = model.splice(batch, audio, audio_lengths, left_pad=True)  # [B, L, H], [B, L]
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]
@@ -175,7 +179,7 @@ def stream_generate(model: SpeechLM, waves: Sequence[torch.Tensor], prompts: Seq
             tokens[r].append(t)
             if on_token is not None:
                 on_token(r, t)
-            if len(tokens[r]) >= max_new_tokens[r]:
+            if len(tokens[r]) >= limits[r]:
                 done[r] = True
         if bool(done.all()):
             break

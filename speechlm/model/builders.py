@@ -23,6 +23,7 @@ from speechlm.backbones.llm import LLMS, load_llm
 from speechlm.config import ModelConfig
 from speechlm.model.adapter import ADAPTERS
 from speechlm.model.ctc import EmbeddingCTCHead
+from speechlm.model.labels import LabelAlignHead
 from speechlm.model.encoder import SpeechEncoder
 from speechlm.model.speechlm import SpeechLM
 
@@ -133,8 +134,10 @@ def build_speechlm(cfg: ModelConfig, seed: int = 0, device: str | torch.device |
     if (cfg.compress_audio or cfg.posterior_input) and not cfg.ctc_head:
         raise ValueError("model.compress_audio and model.posterior_input need model.ctc_head=true (they read the CTC posteriors)")
     ctc = EmbeddingCTCHead(embedding) if cfg.ctc_head else None
+    label_head = LabelAlignHead(embedding) if cfg.label_head else None
     model = SpeechLM(encoder, adapter, llm, tokenizer, audio_token=cfg.audio_token, system_prompt=cfg.system_prompt,
-                     ctc=ctc, compress_audio=cfg.compress_audio, posterior_input=cfg.posterior_input)
+                     ctc=ctc, compress_audio=cfg.compress_audio, posterior_input=cfg.posterior_input,
+                     ctc_length_budget=cfg.ctc_length_budget, label_head=label_head)
     with torch.no_grad():  # fp32 master weights for everything trained (unfrozen encoder layers loaded in dtype)
         for p in model.parameters():
             if p.requires_grad and p.dtype != torch.float32:

@@ -48,6 +48,8 @@ class Batch:
     """Cached frozen-encoder outputs, each [F_i, D], used instead of ``waves`` (speechlm prepare --features)."""
     ctc_targets: list[list[int]] | None = None
     """Transcript tokens per clip for the CTC alignment loss (no end-of-turn; empty for a clip without text)."""
+    label_targets: list[list[tuple[tuple[tuple[int, ...], ...], int]]] | None = None
+    """Per clip, its closed-set labels for the clip-level label loss: (candidate labels' token ids, right index)."""
 
     def pin_memory(self) -> Batch:
         """Page-locked audio (``DataLoader(pin_memory=True)`` calls this), so the copy to the GPU runs asynchronously."""
@@ -90,19 +92,37 @@ class PromptFormatter:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
 
+class EndTurnAtCap:
+    """A ``transformers`` logits processor: each row whose generated tokens reached its cap ([R] tensor) can only
+    end the turn next. Generating from embeddings, ``input_ids`` holds the generated tokens alone."""
+
+    def __init__(self, caps: torch.Tensor, eos_id: int):
+        self.caps, self.eos_id = caps, eos_id  # [R]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        over = input_ids.shape[1] >= self.caps  # [R]
+        only_eos = torch.full_like(scores, float("-inf"))  # [R, V]
+        only_eos[:, self.eos_id] = 0.0
+        return torch.where(over[:, None], only_eos, scores)  # no host sync: a GPU keeps generating
+
+
 class SpeechLM(nn.Module):
     def __init__(self, encoder: nn.Module, adapter: nn.Module, llm: nn.Module, tokenizer, audio_token: str = "<|audio|>",
                  system_prompt: str = "", ctc: nn.Module | None = None, compress_audio: bool = False,
-                 posterior_input: bool = False):
+                 posterior_input: bool = False, ctc_length_budget: float = 0.0, label_head: nn.Module | None = None):
         super().__init__()
         self.encoder = encoder
         self.adapter = adapter
         self.llm = llm  # a transformers causal LM, possibly wrapped by peft
         self.ctc = ctc  # optional CTC head over the LLM's embeddings (speechlm.model.ctc)
+        self.label_head = label_head  # optional clip-level label head over the same embeddings (speechlm.model.labels)
         self.compress_audio = compress_audio
         self.posterior_input = posterior_input  # LegoSLM: the LLM reads CTC-posterior-weighted token embeddings
         if (compress_audio or posterior_input) and ctc is None:
             raise ValueError("compress_audio and posterior_input need a CTC head")
+        if ctc_length_budget < 0:
+            raise ValueError(f"ctc_length_budget must be >= 0 (0: no cap), got {ctc_length_budget}")
+        self.ctc_length_budget = ctc_length_budget  # transcripts capped at this x the greedy CTC length (0: off)
         # the parts of the last forward's loss, for the training log: detached tensors (reading a float here would
         # wait for the GPU every step; the loop adds them up on the device and reads them at log steps)
         self.last_losses: dict[str, torch.Tensor | int] = {}
@@ -137,6 +157,23 @@ class SpeechLM(nn.Module):
         frames, shrunk by their CTC argmax when ``compress_audio`` is on."""
         audio, lengths = self.adapt(waves, frames)  # [B, A, H], [B]
         return self.llm_audio(audio, lengths)
+
+    def encode_for_answers(self, waves: list[torch.Tensor], transcript: list[bool]) -> tuple[torch.Tensor, torch.Tensor, list[int | None]]:
+        """What the LLM sees [B, A, H], its lengths [B], and each row's cap on answer tokens before the end of turn:
+        ``ctc_length_budget`` x its greedy CTC token count + 1 for rows whose answer is the transcript (``transcript``)
+        when the model has a CTC head and a budget, else None (no cap)."""
+        audio, lengths = self.adapt(waves)  # [B, A, H], [B]
+        caps: list[int | None] = [None] * len(waves)
+        if self.ctc is not None and self.ctc_length_budget > 0 and any(transcript):
+            import math
+
+            from speechlm.model.ctc import greedy_decode
+
+            n_ctc = [len(t) for t in greedy_decode(self.ctc(audio), lengths, self.ctc.blank_id)]
+            # at least 2 tokens: a clip the CTC hears nothing in may still hold a word (the LLM may stop earlier)
+            caps = [max(2, math.ceil(self.ctc_length_budget * n) + 1) if t else None for n, t in zip(n_ctc, transcript)]
+        audio, lengths = self.llm_audio(audio, lengths)
+        return audio, lengths, caps
 
     def llm_audio(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Adapter output [B, A, H] -> what the LLM reads: as is; with ``posterior_input`` each frame replaced by
@@ -202,11 +239,13 @@ class SpeechLM(nn.Module):
 
     # ---- training ----------------------------------------------------------------------------------
     def forward(self, batch: Batch, per_example: bool = False, lm_weight: float = 1.0,
-                ctc_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                ctc_weight: float = 0.0, label_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed cross-entropy over answer tokens and their count (the caller normalizes globally).
 
         ``ctc_weight`` > 0 adds the CTC alignment loss of the adapter frames (summed over clips) times that weight;
-        ``lm_weight`` = 0 skips the LLM and returns the weighted CTC sum and the CTC target-token count.
+        ``label_weight`` > 0 adds the clip-level label loss (summed over (clip, label) pairs) times that weight;
+        ``lm_weight`` = 0 skips the LLM and returns the weighted alignment sums and the CTC target-token count (the
+        label-pair count when there is no CTC loss).
 
         ``per_example``: sum each example's *mean* token loss instead, and count examples. A 2-token label
         then weighs as much as a 100-token timestamped transcript, where token averaging would give the
@@ -222,17 +261,26 @@ class SpeechLM(nn.Module):
             targets = [self.ctc.to_classes(t) for t in batch.ctc_targets]
             ctc_sum, n_ctc = ctc_loss(self.ctc(audio), audio_lengths, targets, self.ctc.blank_id)
             self.last_losses = {"ctc": ctc_sum.detach(), "ctc_tokens": n_ctc}
-        if lm_weight == 0:  # a CTC-only alignment stage: no LLM forward at all
+        align = ctc_sum * ctc_weight if ctc_sum is not None else None  # the alignment losses, weighted
+        if label_weight > 0:
+            if self.label_head is None or batch.label_targets is None:
+                raise ValueError("a label weight above 0 needs model.label_head=true and label targets in the batch")
+            label_sum, n_label, right = self.label_head(audio, audio_lengths, batch.label_targets)
+            self.last_losses.update(label=label_sum.detach(), label_pairs=n_label, label_right=right)
+            align = label_weight * label_sum if align is None else align + label_weight * label_sum
             if ctc_sum is None:
-                raise ValueError("lm_weight=0 needs ctc_weight > 0")
-            return ctc_sum * ctc_weight, torch.tensor(n_ctc, device=audio.device)
+                n_ctc = n_label
+        if lm_weight == 0:  # an alignment-only stage: no LLM forward at all
+            if align is None:
+                raise ValueError("lm_weight=0 needs ctc_weight > 0 or label_weight > 0")
+            return align, torch.tensor(n_ctc, device=audio.device)
         audio, audio_lengths = self.llm_audio(audio, audio_lengths)  # [B, A', H], [B]
         lm_sum, n_tok = self._lm_loss(batch, audio, audio_lengths, per_example)
-        if ctc_sum is None:
+        if align is None:
             return lm_sum, n_tok
         self.last_losses["lm"] = lm_sum.detach()
-        # both are sums over the batch; the caller divides by the (global) answer-token count
-        return lm_weight * lm_sum + ctc_weight * ctc_sum, n_tok
+        # all are sums over the batch; the caller divides by the (global) answer-token count
+        return lm_weight * lm_sum + align, n_tok
 
     def _lm_loss(self, batch: Batch, audio: torch.Tensor, audio_lengths: torch.Tensor, per_example: bool) -> tuple[torch.Tensor, torch.Tensor]:
         emb, mask, labels = self.splice(batch, audio, audio_lengths)  # [B, L, H], [B, L], [B, L]
@@ -252,15 +300,24 @@ class SpeechLM(nn.Module):
 
     # ---- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, waves: list[torch.Tensor], prompts: list[PromptIds], max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:
-        """Greedy (num_beams=1) or beam search with the LLM's KV cache; returns decoded answers."""
+    def generate(self, waves: list[torch.Tensor], prompts: list[PromptIds], max_new_tokens: int = 64, num_beams: int = 1,
+                 transcript: bool = False) -> list[str]:
+        """Greedy (num_beams=1) or beam search with the LLM's KV cache; returns decoded answers. ``transcript``: the
+        answers are transcripts, so ``ctc_length_budget`` caps each one by its clip's greedy CTC length."""
+        from transformers import LogitsProcessorList
+
         batch = Batch(ids=[str(i) for i in range(len(waves))], waves=waves, prompts=prompts)
-        audio, audio_lengths = self.encode_audio(waves)
+        audio, audio_lengths, caps = self.encode_for_answers(waves, [transcript] * len(waves))
         emb, mask, _ = self.splice(batch, audio, audio_lengths, left_pad=True)  # left padding for generation
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        processors = LogitsProcessorList()
+        if any(c is not None for c in caps):
+            cap = torch.tensor([c if c is not None else max_new_tokens for c in caps], device=emb.device)  # [B]
+            processors.append(EndTurnAtCap(cap.repeat_interleave(num_beams), self.eos_id))  # beams of a clip are adjacent rows
+            max_new_tokens = min(max_new_tokens, int(cap.max()) + 1)  # + the end of turn
         out = self.causal_lm.generate(
             inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
-            do_sample=False, eos_token_id=self.eos_id, pad_token_id=pad_id,
+            do_sample=False, eos_token_id=self.eos_id, pad_token_id=pad_id, logits_processor=processors,
         )  # [B, <=max_new_tokens]: only new tokens when generating from embeddings
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 

@@ -41,6 +41,7 @@ class Row:
     max_new_tokens: int
     temperature: float
     labels: tuple[str, ...] | None  # constrained decoding over these labels, or None for free text
+    transcript: bool = False  # the answer is the transcript: model.ctc_length_budget may cap it
 
 
 @dataclass
@@ -129,8 +130,10 @@ class Engine:
         prompt = self.model.prompt_ids(task.user_message(instruction, self.model.audio_token))
         limit = min(max_tokens or task.max_answer_tokens, MAX_NEW_TOKENS)
         labels = task.labels if constrained and task.labels and not task.asr_prefix else None
-        rows = [Row(torch.from_numpy(np.ascontiguousarray(wave[p.start:p.end])), prompt, limit, temperature, labels)
-                for p in pieces]
+        # a transcript only when the instruction is one of a transcript task's own (a free instruction is not)
+        transcript = task.target == "text" and self._by_instruction.get(_norm(instruction)) is task
+        rows = [Row(torch.from_numpy(np.ascontiguousarray(wave[p.start:p.end])), prompt, limit, temperature, labels,
+                    transcript) for p in pieces]
         return self.batcher.submit_many(rows)
 
     async def answer(self, wave: np.ndarray, pieces: list[Piece], jobs: list[Job], timeout_s: float) -> Answer:
@@ -172,7 +175,8 @@ class Engine:
                 rows: list[Row] = [j.payload for j in free]
                 stream_generate(self.model, [r.wave for r in rows], [r.prompt for r in rows],
                                 [r.max_new_tokens for r in rows], [r.temperature for r in rows],
-                                on_token=lambda r, t: emit(free[r], t), alive=lambda r: not free[r].cancelled)
+                                on_token=lambda r, t: emit(free[r], t), alive=lambda r: not free[r].cancelled,
+                                transcript=[r.transcript for r in rows])
             groups: dict[tuple[str, ...], list[Job]] = {}
             for j in jobs:
                 if j.payload.labels is not None:

@@ -107,7 +107,7 @@ def build_mixture(cuts: list[Cut], weights: dict[str, float], temperature: float
 # ---------------------------------------------------------------------------------------------------
 # curriculum
 # ---------------------------------------------------------------------------------------------------
-TRAINABLE_PARTS = ("adapter", "lora", "encoder", "ctc")
+TRAINABLE_PARTS = ("adapter", "lora", "encoder", "ctc", "labels")
 """What a stage may train: the adapter, the LLM's LoRA, the encoder's unfrozen top layers (if the model has them),
 the CTC head's blank and scale (trained whenever the stage's CTC weight is above 0)."""
 
@@ -126,6 +126,8 @@ class Stage:
     """Weight of the LM loss; 0 skips the LLM forward entirely (a CTC-only alignment stage)."""
     ctc: float | None = None
     """Weight of the CTC alignment loss; None: train.ctc_weight."""
+    label: float | None = None
+    """Weight of the clip-level label loss (speechlm.model.labels); None: train.label_weight."""
 
 
 def parse_stages(rows: list[dict], max_steps: int, where: str = "train.stages") -> list[Stage]:
@@ -135,9 +137,9 @@ def parse_stages(rows: list[dict], max_steps: int, where: str = "train.stages") 
         at = f"{where}[{i}]"
         if not isinstance(row, dict):
             raise ValueError(f"{at}: expected a mapping with steps, tasks, trainable")
-        unknown = set(row) - {"steps", "tasks", "trainable", "lm", "ctc"}
+        unknown = set(row) - {"steps", "tasks", "trainable", "lm", "ctc", "label"}
         if unknown:
-            raise ValueError(f"{at}: unknown key(s) {sorted(unknown)}; a stage has steps, tasks, trainable, lm, ctc")
+            raise ValueError(f"{at}: unknown key(s) {sorted(unknown)}; a stage has steps, tasks, trainable, lm, ctc, label")
         steps = row.get("steps")
         if not isinstance(steps, int) or steps <= 0:
             raise ValueError(f"{at}.steps: expected a positive integer, got {steps!r}")
@@ -155,15 +157,15 @@ def parse_stages(rows: list[dict], max_steps: int, where: str = "train.stages") 
         if bad or not parts:
             raise ValueError(f"{at}.trainable: unknown part(s) {bad}; choose from {'+'.join(TRAINABLE_PARTS)}")
         weights = {}
-        for key in ("lm", "ctc"):
+        for key in ("lm", "ctc", "label"):
             w = row.get(key)
             if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0):
                 raise ValueError(f"{at}.{key}: expected a loss weight >= 0, got {w!r}")
             weights[key] = None if w is None else float(w)
-        if weights["lm"] == 0 and not weights["ctc"]:
-            raise ValueError(f"{at}: lm is 0, so the stage needs a ctc weight above 0 (or it would train nothing)")
+        if weights["lm"] == 0 and not (weights["ctc"] or weights["label"]):
+            raise ValueError(f"{at}: lm is 0, so the stage needs a ctc or label weight above 0 (or it would train nothing)")
         stages.append(Stage(steps=steps, tasks=tuple(tasks), trainable=parts,
-                            lm=1.0 if weights["lm"] is None else weights["lm"], ctc=weights["ctc"]))
+                            lm=1.0 if weights["lm"] is None else weights["lm"], ctc=weights["ctc"], label=weights["label"]))
     total = sum(s.steps for s in stages)
     if stages and total != max_steps:
         raise ValueError(f"{where}: stage steps add up to {total}, but train.max_steps is {max_steps}")
@@ -185,5 +187,5 @@ def set_trainable(model, names: set[str], parts: tuple[str, ...]) -> None:
     for n, p in model.named_parameters():
         if n in names:
             part = ("lora" if "lora_" in n else "adapter" if n.startswith("adapter.") else "ctc" if n.startswith("ctc.")
-                    else "encoder")
+                    else "labels" if n.startswith("label_head.") else "encoder")
             p.requires_grad_(part in parts)

@@ -22,7 +22,8 @@ from speechlm.tasks import Task
 class SpeechDataset(Dataset):
     def __init__(self, cuts: list[Cut], task: Task, formatter: PromptFormatter, seed: int = 0,
                  held_out_instructions: bool = False, with_targets: bool = True, skip_bad: bool = False,
-                 tasks: list[Task] | None = None, ctc_targets: bool = False, frame_mask: float = 0.0):
+                 tasks: list[Task] | None = None, ctc_targets: bool = False, frame_mask: float = 0.0,
+                 label_targets: bool = False):
         self.cuts = cuts
         self.task = task
         self.tasks = tasks  # multi-task: the task of each example (speechlm.tasks.mixture), else `task` for all
@@ -34,6 +35,9 @@ class SpeechDataset(Dataset):
         self.skip_bad = skip_bad
         self.ctc_targets = ctc_targets  # also tokenize each transcript as the CTC target (a model with a CTC head)
         self.frame_mask = frame_mask  # share of cached frames masked (data.frame_mask); training datasets only
+        # every closed-set label field of a line as a clip-level target (a model with a label head)
+        self.label_targets = label_targets
+        self._label_ids = lru_cache(maxsize=256)(self.formatter.ctc_ids)
         self._prompt = lru_cache(maxsize=256)(self._prompt_uncached)
         # a manifest written by `speechlm prepare --features` carries cached frozen-encoder outputs
         self.use_features = bool(cuts) and "features" in cuts[0].labels
@@ -85,6 +89,11 @@ class SpeechDataset(Dataset):
                 raise ValueError(f"{source or cut_id}: {e}") from e
             if self.ctc_targets:  # what is spoken, whatever the task asks: the CTC alignment target (speechlm.model.ctc)
                 item["ctc_target"] = self.formatter.ctc_ids(text) if text and text.strip() else []
+            if self.label_targets:  # every label the line has, whatever the task asks (speechlm.model.labels)
+                from speechlm.model.labels import clip_label_targets
+                from speechlm.tasks import TASKS
+
+                item["label_targets"] = clip_label_targets(labels, TASKS.values(), self._label_ids)
         return item
 
     def from_shard_item(self, it: dict) -> dict:
@@ -133,4 +142,5 @@ def collate(items: list[dict | None]) -> Batch | None:
         targets=[it["target"] for it in items] if "target" in items[0] else None,
         frames=frames,
         ctc_targets=[it["ctc_target"] for it in items] if "ctc_target" in items[0] else None,
+        label_targets=[it["label_targets"] for it in items] if "label_targets" in items[0] else None,
     )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -130,7 +129,8 @@ def validation_metrics(model: SpeechLM, cuts: list[Cut], cfg: RecipeConfig, devi
       dropped on both sides (the report's WER uses Whisper's normalizer).
     """
     task = get_task(cfg.data.task)
-    ds = SpeechDataset(cuts, task, model.formatter, seed=cfg.train.seed, ctc_targets=model.ctc is not None)
+    ds = SpeechDataset(cuts, task, model.formatter, seed=cfg.train.seed, ctc_targets=model.ctc is not None,
+                       label_targets=model.label_head is not None)
     items = [ds[i] for i in range(len(ds))]
     sampler = DurationBatchSampler([c.duration for c in cuts], cfg.data.max_seconds_per_batch, cfg.data.max_batch, shuffle=False)
     batches = [list(idx) for idx in sampler]
@@ -162,6 +162,15 @@ def validation_metrics(model: SpeechLM, cuts: list[Cut], cfg: RecipeConfig, devi
                     hyps.append(_plain(hyp))
         if refs:
             out["ctc_wer"] = float(jiwer.wer(refs, hyps))
+    if diagnostics and model.label_head is not None:  # what the label head alone hears, no LLM: share right
+        pairs = right = 0
+        for idx in batches:
+            batch = move(collate([items[i] for i in idx]), device)
+            audio, lengths = model.adapt(batch.waves, batch.frames)
+            _, n, r = model.label_head(audio, lengths, batch.label_targets)
+            pairs, right = pairs + n, right + r
+        if pairs:
+            out["label_acc"] = right / pairs
     model.train(was_training)
     return out
 
@@ -198,14 +207,17 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             raise ValueError("train.stages: a curriculum needs data.train_manifest (stages are not supported with shards)")
         stages = parse_stages(cfg.train.stages, cfg.train.max_steps)
 
-    def loss_weights(k: int) -> tuple[float, float]:
-        """(LM weight, CTC weight) of stage ``k`` (or of the whole run without a stage table)."""
+    def loss_weights(k: int) -> tuple[float, float, float]:
+        """(LM weight, CTC weight, label weight) of stage ``k`` (or of the whole run without a stage table)."""
         if not stages:
-            return 1.0, cfg.train.ctc_weight
-        return stages[k].lm, cfg.train.ctc_weight if stages[k].ctc is None else stages[k].ctc
+            return 1.0, cfg.train.ctc_weight, cfg.train.label_weight
+        return (stages[k].lm, cfg.train.ctc_weight if stages[k].ctc is None else stages[k].ctc,
+                cfg.train.label_weight if stages[k].label is None else stages[k].label)
 
     if any(loss_weights(k)[1] > 0 for k in range(max(1, len(stages)))) and not cfg.model.ctc_head:
         raise ValueError("a CTC weight above 0 (train.ctc_weight or a stage's ctc) needs model.ctc_head=true")
+    if any(loss_weights(k)[2] > 0 for k in range(max(1, len(stages)))) and not cfg.model.label_head:
+        raise ValueError("a label weight above 0 (train.label_weight or a stage's label) needs model.label_head=true")
     if cfg.data.train_shards:  # streaming tar shards: checked when written (speechlm prepare --shards)
         from speechlm.data.shards import ShardDataset, ShardedCuts, iter_shards
 
@@ -260,7 +272,8 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         """Dataset and sampler of stage ``k`` (the only stage without a curriculum)."""
         ex_cuts, ex_tasks = stage_data[k]
         ds = SpeechDataset(ex_cuts, task, model.formatter, seed=cfg.train.seed, skip_bad=cfg.data.skip_bad, tasks=ex_tasks,
-                           ctc_targets=model.ctc is not None, frame_mask=cfg.data.frame_mask)
+                           ctc_targets=model.ctc is not None, frame_mask=cfg.data.frame_mask,
+                           label_targets=model.label_head is not None)
         if corpus is not None:
             return ds, None
         return ds, DurationBatchSampler([c.duration for c in ex_cuts], cfg.data.max_seconds_per_batch, cfg.data.max_batch,
@@ -327,11 +340,15 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         (torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py, ``_init_mp_dtypes``), so a unit frozen then
         would reduce a later stage's gradients in the wrong dtype under bf16."""
         nonlocal active
-        ctc_on = loss_weights(k)[1] > 0
+        ctc_on, label_on = loss_weights(k)[1] > 0, loss_weights(k)[2] > 0
         if stages:
-            set_trainable(model, model.trainable_names, stages[k].trainable + (("ctc",) if ctc_on else ()))
-        elif model.ctc is not None:
-            model.ctc.requires_grad_(ctc_on)
+            set_trainable(model, model.trainable_names,
+                          stages[k].trainable + (("ctc",) if ctc_on else ()) + (("labels",) if label_on else ()))
+        else:
+            if model.ctc is not None:
+                model.ctc.requires_grad_(ctc_on)
+            if model.label_head is not None:
+                model.label_head.requires_grad_(label_on)
         active = {n for n, p in model.named_parameters() if p.requires_grad}
         if fsdp:
             for n, p in model.named_parameters():
@@ -411,7 +428,8 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
     # ---- train ------------------------------------------------------------------------------------
     t_start = time.time()
     # summed on the device, read at log steps: LM loss, answer tokens, CTC loss, CTC tokens (this rank's)
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    # (the label loss, its (clip, label) pairs and the pairs the head gets right follow)
+    sums = torch.zeros(7, dtype=torch.float64, device=device)
     window = {"samples": 0, "audio_s": 0.0, "t0": time.time()}
     dtype_ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.train.bf16 else None
     stop = False
@@ -424,17 +442,19 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             if not fsdp:  # DDP registers the parameters that need gradients when it wraps
                 net = wrap(model, layers, cfg.train.strategy, world, device)
             if rank == 0:
-                lm_w, ctc_w = loss_weights(stage_idx)
+                lm_w, ctc_w, label_w = loss_weights(stage_idx)
                 print(f"\n[speechlm] stage {stage_idx + 1}/{len(stages)} at step {step}: tasks {', '.join(stages[stage_idx].tasks)}; "
-                      f"training {'+'.join(stages[stage_idx].trainable)}; loss {lm_w:g}*lm + {ctc_w:g}*ctc", flush=True)
+                      f"training {'+'.join(stages[stage_idx].trainable)}; loss {lm_w:g}*lm + {ctc_w:g}*ctc"
+                      + (f" + {label_w:g}*label" if label_w else ""), flush=True)
         micro = 0
         for batch, weight, unit in micro_batches():
             consumed += 1
             batch = move(batch, device)
             ctx = dtype_ctx() if dtype_ctx else torch.autocast(device.type, enabled=False)
             with ctx:
-                lm_w, ctc_w = loss_weights(stage_idx)
-                loss_sum, n_tok = net(batch, per_example=cfg.train.loss_norm == "example", lm_weight=lm_w, ctc_weight=ctc_w)
+                lm_w, ctc_w, label_w = loss_weights(stage_idx)
+                loss_sum, n_tok = net(batch, per_example=cfg.train.loss_norm == "example", lm_weight=lm_w, ctc_weight=ctc_w,
+                                      label_weight=label_w)
             loss_sum, n_tok = loss_sum * weight, n_tok * int(weight)
             n_global = all_reduce_(n_tok.detach().clone().float())
             # sum / global tokens, times world because DDP and FSDP average gradients over ranks
@@ -443,9 +463,13 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             parts, model.last_losses = model.last_losses, {}
             sums[0] += loss_sum.detach().double()
             sums[1] += n_tok.double()
-            if parts and weight:
+            if "ctc" in parts and weight:
                 sums[2] += parts["ctc"].double()
                 sums[3] += parts["ctc_tokens"]
+            if "label" in parts and weight:
+                sums[4] += parts["label"].double()
+                sums[5] += parts["label_pairs"]
+                sums[6] += parts["label_right"]
             if weight:
                 window["samples"] += len(batch.ids); window["audio_s"] += audio_seconds(batch)
             if unit is not None:
@@ -466,7 +490,7 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
             step += 1
             log_now = step % cfg.train.log_every == 0 or step == cfg.train.max_steps
             if log_now:  # the global loss, not rank 0's share; the one wait for the device per log step
-                loss_total, tokens, ctc_total, ctc_tokens = all_reduce_(sums.clone()).tolist()
+                loss_total, tokens, ctc_total, ctc_tokens, label_total, label_pairs, label_right = all_reduce_(sums.clone()).tolist()
                 sums.zero_()
             if rank == 0 and log_now:
                 dt = max(1e-9, time.time() - window["t0"])
@@ -476,9 +500,11 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
                        "stage": stage_idx}
                 if ctc_tokens:
                     rec["ctc_loss"] = ctc_total / ctc_tokens  # per transcript token
+                if label_pairs:  # per (clip, label) pair, and the share the head alone gets right
+                    rec["label_loss"], rec["label_acc"] = label_total / label_pairs, label_right / label_pairs
                 with open(log_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(rec) + "\n")
-                for k in ("loss", "lr", "samples_per_s", "ctc_loss"):
+                for k in ("loss", "lr", "samples_per_s", "ctc_loss", "label_loss", "label_acc"):
                     if k in rec:
                         writer.add_scalar(f"train/{k}", rec[k], step)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", sps=f"{rec['samples_per_s']:.2f}")
