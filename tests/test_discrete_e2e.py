@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,6 +96,15 @@ def test_speak_chat_transcribe_from_the_checkpoint_alone(sgpt_run, data, tmp_pat
                  "--max-frames", "30"]) == 0
     texts = transcribe_discrete([data["clip"]], checkpoint=str(ckpt), max_frames=10)
     assert isinstance(texts[0]["text"], str)
+    # ASR's token budget follows the audio's length (ASR_TOKENS_PER_SECOND + 8), under max_frames
+    from speechlm.inference.speak import ASR_TOKENS_PER_SECOND, DiscreteRunner
+
+    runner, asked = DiscreteRunner.from_checkpoint(str(ckpt)), []
+    plain = runner.model.generate
+    runner.model.generate = lambda prompt, max_frames, **kw: asked.append(max_frames) or plain(prompt, max_frames=max_frames, **kw)
+    runner.asr(np.zeros(8000, dtype=np.float32) + 0.01, max_frames=200)  # 0.5 s
+    runner.asr(np.zeros(8000, dtype=np.float32) + 0.01, max_frames=5)
+    assert asked == [int(np.ceil(ASR_TOKENS_PER_SECOND * 0.5)) + 8, 5]
     assert "x.wav" in capsys.readouterr().out
 
 

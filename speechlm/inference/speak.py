@@ -26,6 +26,10 @@ from speechlm.tasks.render import (EOSP, EOT, SOS_EOS, SOSP, SOT, SPEECH, TA, UA
                                    render_units)
 
 SAMPLE_RATE = 16000
+ASR_TOKENS_PER_SECOND = 8.0
+"""A transcript's token budget per second of audio (+ 8): Whisper's own, 224 tokens per 30-s window is 7.5 a
+second, about twice read English (~3 words, ~4 tokens a second). An untrained model then stops looping early, so
+scoring it takes seconds a clip instead of running to the cap."""
 
 
 class DiscreteRunner:
@@ -168,7 +172,9 @@ class DiscreteRunner:
         return self.wave_of(units, res["frame_level"]), units
 
     def asr(self, wave: np.ndarray, task: str = "asr", max_frames: int = 200) -> str:
-        res = self.run(get_task(task), speech={"audio": self.speech_of(wave)}, max_frames=max_frames)
+        """The transcript, at most ``max_frames`` tokens and at most ASR_TOKENS_PER_SECOND per second of audio + 8."""
+        budget = int(np.ceil(ASR_TOKENS_PER_SECOND * len(wave) / SAMPLE_RATE)) + 8
+        res = self.run(get_task(task), speech={"audio": self.speech_of(wave)}, max_frames=min(max_frames, budget))
         return res["text"][0] if res["text"] else ""
 
     def default_chat_task(self) -> str:
