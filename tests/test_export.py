@@ -208,16 +208,21 @@ def test_export_ctc_compressed_matches_transcribe(clips, tmp_path):
     manifest, waves = clips
     stages = "train.stages=[{steps: 1, tasks: [asr], trainable: adapter, lm: 0, ctc: 1}, " \
              "{steps: 1, tasks: [asr], trainable: [adapter, lora], ctc: 0.3}]"
-    run = _train("tiny-ctc", manifest, tmp_path / "ctc", stages)
+    run = _train("tiny-ctc", manifest, tmp_path / "ctc", stages, "model.ctc_length_budget=0.5")
     out = export(str(run), str(tmp_path / "hf-ctc"))
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["ctc_head"] and cfg["compress_audio"] and cfg["ctc_vocab"] and cfg["adapter"]["out_norm"]
+    assert cfg["ctc_length_budget"] == 0.5 and cfg["tasks"]["asr"]["transcript"] and not cfg["tasks"]["ser"]["transcript"]
     model = _load(out)
     clips_t = [torch.as_tensor(w) for w in waves]
     frames, lengths = model.encode(clips_t)
     _, compressed = model.encode_audio(clips_t)
     assert (compressed < model.adapter.out_lengths(lengths)).all(), "the LLM must read compressed frames"
-    assert model.transcribe(waves) == _reference(run, waves)
+    caps = model.encode_for_answers(clips_t, transcript=True)[2]
+    assert caps is not None and all(c >= 2 for c in caps) and model.encode_for_answers(clips_t)[2] is None
+    ids = model.generate(waves).tolist()  # [B, T]: each row's answer tokens before its end of turn stay within its cap
+    assert all(next((i for i, t in enumerate(row) if t == model.eos_id), len(row)) <= c for row, c in zip(ids, caps))
+    assert model.transcribe(waves) == _reference(run, waves)  # both cap transcripts at 0.5 x the CTC length
     assert "CTC-compressed frames" in (out / "README.md").read_text()
 
 

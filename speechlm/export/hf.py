@@ -173,7 +173,7 @@ def task_table() -> dict[str, dict[str, Any]]:
         table[name] = {"template": t.template, "instruction": t.instructions[0],
                        "held_out_instruction": t.eval_instructions[0] if t.eval_instructions else None,
                        "max_new_tokens": int(t.max_answer_tokens), "labels": list(t.labels) if t.labels else None,
-                       "description": t.description, "metric": t.metric}
+                       "description": t.description, "metric": t.metric, "transcript": t.target == "text"}
     return table
 
 
@@ -277,7 +277,8 @@ def write_folder(model: SpeechLM, cfg: RecipeConfig, ckpt: Path, tmp: Path, merg
         encoder_config=encoder_config, llm_config=llm_config, encoder_attn_implementation=_attn(whisper.config),
         llm_attn_implementation=text_attn, adapter=spec, pad_audio_to_30s=cfg.model.pad_audio_to_30s,
         ctc_head=model.ctc is not None, ctc_vocab=ctc_vocab, compress_audio=model.compress_audio,
-        posterior_input=model.posterior_input, audio_token=cfg.model.audio_token, audio_token_id=audio_token_id,
+        posterior_input=model.posterior_input, ctc_length_budget=model.ctc_length_budget if model.ctc is not None else 0.0,
+        audio_token=cfg.model.audio_token, audio_token_id=audio_token_id,
         system_prompt=cfg.model.system_prompt, prompt_example=prompt_example,
         max_audio_seconds=cfg.model.max_audio_seconds, sampling_rate=16000, tasks=tasks, default_task=default_task, trained_tasks=trained,
         lora_adapter={"path": "lora", "r": cfg.model.lora_r, "alpha": cfg.model.lora_alpha} if kept_lora else None,

@@ -26,6 +26,8 @@ class SpeechLMConfig(PretrainedConfig):
         ctc_head, ctc_vocab, compress_audio, posterior_input: the CTC head over the LLM's token embeddings (``ctc_vocab``:
             the LLM token ids it scores, empty for all) and how the LLM reads the adapter's frames (as they are,
             CTC-compressed, or as posterior-weighted embeddings).
+        ctc_length_budget: with a CTC head, a transcript (a task with ``"transcript": true``) ends its turn by this
+            factor x its clip's greedy CTC token count + 1 (at least 2); 0: no cap.
         audio_token, audio_token_id: the placeholder in the chat prompt replaced by the audio frames.
         system_prompt: the system turn ("" sends an empty one; "default" leaves the chat template's own).
         prompt_example: the default task's prompt as the LLM reads it, audio placeholder included (for reading only;
@@ -43,7 +45,7 @@ class SpeechLMConfig(PretrainedConfig):
                  encoder_attn_implementation: str = "sdpa", llm_attn_implementation: str = "sdpa",
                  adapter: dict | None = None, pad_audio_to_30s: bool = False, ctc_head: bool = False,
                  ctc_vocab: list | None = None, compress_audio: bool = False, posterior_input: bool = False,
-                 audio_token: str = "<|audio|>", audio_token_id: int | None = None, system_prompt: str = "",
+                 ctc_length_budget: float = 0.0, audio_token: str = "<|audio|>", audio_token_id: int | None = None, system_prompt: str = "",
                  prompt_example: str = "",
                  max_audio_seconds: float = 30.0, sampling_rate: int = 16000, tasks: dict | None = None,
                  default_task: str = "asr", trained_tasks: list | None = None, lora_adapter: dict | None = None,
@@ -58,6 +60,7 @@ class SpeechLMConfig(PretrainedConfig):
         self.ctc_vocab = [int(t) for t in (ctc_vocab or [])]
         self.compress_audio = bool(compress_audio)
         self.posterior_input = bool(posterior_input)
+        self.ctc_length_budget = float(ctc_length_budget)
         self.audio_token = audio_token
         self.audio_token_id = audio_token_id
         self.system_prompt = system_prompt

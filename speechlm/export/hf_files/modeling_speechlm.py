@@ -30,7 +30,8 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, WhisperConfig
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor,
+                          LogitsProcessorList, PreTrainedModel, WhisperConfig)
 from transformers.audio_utils import mel_filter_bank
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -178,6 +179,20 @@ class CTCHead(nn.Module):
         table = torch.cat([e, self.blank[None].to(e.dtype)]).to(x.dtype)  # [C+1, H]
         table = nn.functional.normalize(table, dim=-1)
         return self.log_scale.exp() * (nn.functional.normalize(x, dim=-1) @ table.T)  # [B, A, C+1]
+
+
+class EndTurnAtCap(LogitsProcessor):
+    """Each row whose generated tokens reached its cap ([R]) can only end the turn next (generating from
+    embeddings, ``input_ids`` holds the generated tokens alone)."""
+
+    def __init__(self, caps: torch.Tensor, eos_id: int):
+        self.caps, self.eos_id = caps, eos_id  # [R]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        over = input_ids.shape[1] >= self.caps  # [R]
+        only_eos = torch.full_like(scores, float("-inf"))  # [R, V]
+        only_eos[:, self.eos_id] = 0.0
+        return torch.where(over[:, None], only_eos, scores)
 
 
 def ctc_compress(frames: torch.Tensor, logits: torch.Tensor, lengths: torch.Tensor, blank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -437,20 +452,34 @@ class SpeechLMModel(PreTrainedModel):
     def encode_audio(self, waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Waves -> what the LLM reads [B, A, H] and its lengths [B]: the adapter's frames, CTC-compressed or
         posterior-weighted when the model was trained so."""
+        audio, lengths, _ = self.encode_for_answers(waves)
+        return audio, lengths
+
+    def encode_for_answers(self, waves: Sequence[torch.Tensor], transcript: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[int] | None]:
+        """:meth:`encode_audio`, and with ``transcript`` and ``config.ctc_length_budget`` each clip's cap on answer
+        tokens before the end of turn: the budget x its greedy CTC token count + 1, at least 2 (else None)."""
         frames, lengths = self.encode(waves)  # [B, F, D], [B]
         audio = self.adapter(frames.to(next(self.adapter.parameters()).dtype), lengths)  # [B, A, H]
         lengths = self.adapter.out_lengths(lengths)
-        if not (self.config.compress_audio or self.config.posterior_input):
-            return audio, lengths
+        capped = transcript and self.ctc is not None and self.config.ctc_length_budget > 0
+        if not (self.config.compress_audio or self.config.posterior_input or capped):
+            return audio, lengths, None
         embedding = self.language_model.get_input_embeddings().weight  # [V, H]
         logits = self.ctc(audio, embedding)  # [B, A, C+1]
         blank = logits.shape[-1] - 1
+        caps = None
+        if capped:
+            best = logits.argmax(dim=-1).cpu()  # [B, A]
+            n_ctc = [int((torch.unique_consecutive(row[:n]) != blank).sum()) for row, n in zip(best, lengths.tolist())]
+            caps = [max(2, math.ceil(self.config.ctc_length_budget * n) + 1) for n in n_ctc]
+        if not (self.config.compress_audio or self.config.posterior_input):
+            return audio, lengths, caps
         if self.config.posterior_input:
             probs = torch.softmax(logits[..., :-1].float(), dim=-1)  # [B, A, C]
             audio = (probs @ self.ctc.token_table(embedding).float()).to(audio.dtype)  # [B, A, H]
         if self.config.compress_audio:
             audio, lengths = ctc_compress(audio, logits.detach(), lengths, blank)  # [B, A', H], [B]
-        return audio, lengths
+        return audio, lengths, caps
 
     # ---- prompts -------------------------------------------------------------------------------------------
     def user_message(self, task: str | None = None, instruction: str | None = None) -> str:
@@ -529,10 +558,18 @@ class SpeechLMModel(PreTrainedModel):
         max_new_tokens = max_new_tokens or int(spec.get("max_new_tokens", 96))
         clips = self._waves(waves, sampling_rate)
         prompt = self.prompt_ids(self.user_message(task, instruction))
-        audio, audio_lengths = self.encode_audio(clips)  # [B, A, H], [B]
+        # a transcript of the task's own instruction may be capped by its CTC length (config.ctc_length_budget)
+        transcript = bool(spec.get("transcript")) and instruction is None
+        audio, audio_lengths, caps = self.encode_for_answers(clips, transcript)  # [B, A, H], [B]
         emb, mask, _ = self.splice([prompt] * len(clips), audio, audio_lengths, left_pad=True)  # [B, L, H], [B, L]
         tok = self.tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
+        if caps is not None:
+            cap = torch.tensor(caps, device=emb.device)  # [B]
+            processors = list(generate_kwargs.pop("logits_processor", None) or [])
+            generate_kwargs["logits_processor"] = LogitsProcessorList(
+                processors + [EndTurnAtCap(cap.repeat_interleave(num_beams), self.eos_id)])  # beams of a clip are adjacent
+            max_new_tokens = min(max_new_tokens, int(cap.max()) + 1)  # + the end of turn
         return self.language_model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens,
                                             num_beams=num_beams, do_sample=False, eos_token_id=self.eos_id,
                                             pad_token_id=pad_id, **generate_kwargs)
