@@ -153,3 +153,72 @@ def test_espnet_templates_on_codec_ssl_streams_train_and_speak(data, tmp_path):
     assert isinstance(runner.asr(load_audio(data["clip"]), max_frames=8), str)
     answer = runner.run(get_task("tts"), text="hi", max_frames=6)
     assert answer["frame_level"] and len(answer["units"]) == 1
+
+
+def test_serving_a_speaking_model_through_the_openai_client(sgpt_run, data, tmp_path):
+    """A discrete checkpoint behind `speechlm serve`'s speaking app: /v1/audio/speech in every format libsndfile
+    writes, chat with modalities [text, audio] (the spoken answer as base64 WAV), transcriptions, and refusals."""
+    import base64
+    import io
+
+    import httpx
+    import openai
+    import soundfile as sf
+    from test_serving import LiveServer
+
+    from speechlm.data.audio import load_audio
+    from speechlm.serving.http import Settings
+    from speechlm.serving.speaking import SPEECH_FORMATS, SpeakingEngine, create_speaking_app
+    from speechlm.serving.uploads import Limits
+
+    engine = SpeakingEngine.from_checkpoint(sgpt_run / "checkpoints" / "step-000006", max_units=12, max_frames=30)
+    assert engine.speaks and "chain-of-modality" in engine.runner.tasks
+    settings = Settings(api_key="k", limits=Limits(max_upload_bytes=2_000_000, max_audio_seconds=30.0), request_timeout_s=120)
+    clip = (tmp_path / "q.wav")
+    sf.write(clip, load_audio(data["clip"]), 16000)
+    with LiveServer(create_speaking_app(engine, settings)) as live:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="k", max_retries=0, timeout=120)
+        for fmt in ("wav", "flac", "mp3", "opus"):
+            audio = client.audio.speech.create(model=engine.model_id, voice="alloy", input="hello world", response_format=fmt).content
+            wave, sr = sf.read(io.BytesIO(audio))
+            assert sr == 16000 and wave.ndim == 1 and len(wave) > 0, fmt
+        raw = client.audio.speech.create(model=engine.model_id, voice="alloy", input="hello", response_format="pcm").content
+        assert len(raw) % 2 == 0 and len(raw) > 0
+        assert set(SPEECH_FORMATS) == {"mp3", "opus", "flac", "wav", "pcm"}
+        q = base64.b64encode(clip.read_bytes()).decode()
+        msgs = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": q, "format": "wav"}}]}]
+        # the tiny random model's own answer is noise: fix what it "generates" to test both ways speech comes back
+        real_run = engine.runner.run
+        for fake, spoken_by in [({"text": ["hello world"], "units": [[1, 2, 3, 4, 5, 6]], "frame_level": False}, "chain-of-modality"),
+                                ({"text": ["hello world"], "units": [], "frame_level": False}, "tts")]:
+            engine.runner.run = lambda task, *a, _fake=fake, **k: _fake if task.name == "chain-of-modality" else real_run(task, *a, **k)
+            r = client.chat.completions.create(model=engine.model_id, messages=msgs, modalities=["text", "audio"],
+                                               audio={"voice": "alloy", "format": "wav"})
+            spoken = r.choices[0].message.audio
+            wave, sr = sf.read(io.BytesIO(base64.b64decode(spoken.data)))
+            assert sr == 16000 and len(wave) > 0 and spoken.transcript == r.choices[0].message.content == "hello world"
+            assert spoken.model_extra["spoken_by"] == spoken_by
+        engine.runner.run = lambda task, *a, **k: {"text": [""], "units": [], "frame_level": False}
+        with pytest.raises(openai.InternalServerError, match="without speech"):
+            client.chat.completions.create(model=engine.model_id, messages=msgs, modalities=["text", "audio"])
+        engine.runner.run = real_run
+        text_only = client.chat.completions.create(model=engine.model_id, messages=msgs)
+        assert text_only.choices[0].message.audio is None and isinstance(text_only.choices[0].message.content, str)
+        with open(clip, "rb") as f:
+            assert isinstance(client.audio.transcriptions.create(model=engine.model_id, file=f).text, str)
+
+        def post(path, body, key="k"):
+            return httpx.post(live.url + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+        for body, status, words in [({"input": ""}, 400, "non-empty"), ({"input": "x" * 5000}, 413, "4096"),
+                                    ({"input": "hi", "response_format": "aac"}, 400, "aac"),
+                                    ({"input": "hi", "speed": 1.5}, 400, "speed")]:
+            resp = post("/v1/audio/speech", body)
+            assert resp.status_code == status and words in resp.json()["error"]["message"], (body, resp.text)
+        assert post("/v1/audio/speech", {"input": "hi"}, key="wrong").status_code == 401
+        resp = post("/v1/chat/completions", {"messages": msgs, "modalities": ["audio"]})
+        assert resp.status_code == 400 and "modalities" in resp.json()["error"]["message"]
+        resp = post("/v1/chat/completions", {"messages": msgs, "stream": True})
+        assert resp.status_code == 400 and "not streamed" in resp.json()["error"]["message"]
+        health = httpx.get(live.url + "/health").json()
+        assert health["speaks"] and health["model"] == engine.model_id

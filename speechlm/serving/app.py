@@ -6,7 +6,8 @@ Routes (OpenAI's API reference for the shapes):
   POST /v1/chat/completions      input_audio parts (base64 wav/mp3/flac/ogg) beside text parts (the instruction);
                                  stream: true sends chat.completion.chunk server-sent events, then [DONE];
                                  ``constrained: true`` scores a closed-set task's labels instead of generating
-  POST /v1/audio/speech          501: this checkpoint does not speak (nor does audio output in chat)
+  POST /v1/audio/speech          501: a continuous checkpoint does not speak (nor does audio output in chat); a discrete
+                                 (speaking) checkpoint is served by speechlm.serving.speaking, which does
   GET  /v1/models, /v1/tasks, /health, and the page at / (static/, plain HTML and JavaScript)
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "code"}}``. Limits: an optional API key (Bearer,
@@ -17,92 +18,26 @@ undecodable audio 415 / corrupt or empty audio 400, a full queue 503 with Retry-
 
 from __future__ import annotations
 
-import hmac
 import json
 import os
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from speechlm.inference.long_audio import to_srt, to_vtt
-from speechlm.serving.batching import QueueFull
 from speechlm.serving.engine import Answer, Engine
-from speechlm.serving.uploads import AUDIO_FORMATS, Limits, UploadError, decode_audio, decode_base64
+from speechlm.serving.http import Settings, error, install_common, model_list, parse_messages
+from speechlm.serving.uploads import Limits, UploadError, decode_audio, decode_base64
 
 STATIC = Path(__file__).parent / "static"
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
-OPEN_PATHS = ("/", "/health", "/favicon.ico")
-"""Paths served without the API key (the page asks for the key itself); /static/ too."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    api_key: str = ""
-    """Empty: no key needed. Else every /v1 route needs ``Authorization: Bearer <key>``."""
-    limits: Limits = field(default_factory=Limits)
-    request_timeout_s: float = 120.0
-    """Longest a request may wait and decode, queue time included."""
-
-
-def error(status: int, message: str, code: str = "invalid_request_error", headers: dict | None = None) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}}, status, headers=headers)
-
-
-class BodyLimit:
-    """ASGI middleware: refuse a request body over ``limit`` bytes with 413, by Content-Length or while it streams
-    in, before the route (or the multipart parser) holds it all."""
-
-    def __init__(self, app, limit: int):
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._refuse(scope, receive, send)
-        seen = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge()
-            return message
-
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope, receive, send):
-        resp = error(413, f"request body over {self.limit} bytes; this server takes at most that", "request_too_large")
-        await resp(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
-
-
 def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
     """The app around a loaded engine; the batcher runs for the app's lifetime."""
 
@@ -113,34 +48,8 @@ def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
         await engine.batcher.stop()
 
     app = FastAPI(title="speechlm", lifespan=lifespan, docs_url=None, redoc_url=None)
-    key = settings.api_key.encode()
+    install_common(app, settings)
     limits = settings.limits
-
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        path = request.url.path
-        if key and path not in OPEN_PATHS and not path.startswith("/static/"):
-            given = request.headers.get("authorization", "")
-            token = given[7:].strip().encode() if given[:7].lower() == "bearer " else b""
-            if not hmac.compare_digest(token, key):  # constant time: the key is not guessable byte by byte
-                return error(401, "missing or wrong API key (send Authorization: Bearer <key>)", "invalid_api_key")
-        return await call_next(request)
-
-    # base64 of the largest upload plus room for the JSON or multipart around it
-    app.add_middleware(BodyLimit, limit=limits.max_upload_bytes * 4 // 3 + 64 * 1024)
-
-    @app.exception_handler(UploadError)
-    async def upload_error(request: Request, e: UploadError):
-        return error(e.status, e.message, e.code)
-
-    @app.exception_handler(QueueFull)
-    async def queue_full(request: Request, e: QueueFull):
-        return error(503, str(e), "server_busy", headers={"Retry-After": str(e.retry_after)})
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, e: RequestValidationError):
-        parts = [f"{'.'.join(str(x) for x in err.get('loc', ())[1:]) or 'body'}: {err.get('msg', '')}" for err in e.errors()]
-        return error(400, "; ".join(parts) or "invalid request")
 
     # ---- routes ---------------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -156,7 +65,7 @@ def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": engine.model_id, "object": "model", "created": 0, "owned_by": "speechlm"}]}
+        return model_list(engine.model_id)
 
     @app.get("/v1/tasks")
     async def tasks() -> dict:
@@ -164,7 +73,8 @@ def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
 
     @app.post("/v1/audio/speech")
     async def speech() -> JSONResponse:
-        return error(501, "this checkpoint does not speak: it answers in text (speaking models come later)", "no_audio_output")
+        return error(501, "this checkpoint does not speak: it answers in text (serve a discrete checkpoint, e.g. one "
+                          "trained with --recipe speechgpt-tiny, to get speech)", "no_audio_output")
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(file: UploadFile = File(...), model: str = Form(""), prompt: str = Form(""),
@@ -192,7 +102,7 @@ def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
             raise UploadError(400, "this checkpoint does not speak: ask for modalities [\"text\"]", "no_audio_output")
         if int(body.get("n") or 1) != 1:
             raise UploadError(400, "n must be 1")
-        audio_b64, fmt, instruction = _parse_messages(body.get("messages"))
+        audio_b64, fmt, instruction = parse_messages(body.get("messages"))
         data = decode_base64(audio_b64, limits, "input_audio")
         wave = await run_in_threadpool(decode_audio, data, limits, f"input_audio ({fmt})")
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -270,36 +180,6 @@ def _temperature(value: Any) -> float:
     return float(value)
 
 
-def _parse_messages(messages: Any) -> tuple[str, str, str]:
-    """The last user message's one input_audio part (base64, format) and its text parts joined (the instruction)."""
-    if not isinstance(messages, list) or not messages:
-        raise UploadError(400, "messages must be a non-empty list")
-    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    if not users:
-        raise UploadError(400, "messages holds no user message")
-    content = users[-1].get("content")
-    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-    if not isinstance(parts, list):
-        raise UploadError(400, "the user message's content must be a string or a list of parts")
-    texts, audios = [], []
-    for p in parts:
-        kind = p.get("type") if isinstance(p, dict) else None
-        if kind == "text":
-            texts.append(str(p.get("text") or ""))
-        elif kind == "input_audio":
-            audios.append(p.get("input_audio") or {})
-        else:
-            raise UploadError(400, f"unsupported content part {kind!r}: send text and input_audio parts")
-    if len(audios) != 1:
-        raise UploadError(400, f"send exactly one input_audio part in the last user message (got {len(audios)}): "
-                               "this model answers questions about audio")
-    fmt = str(audios[0].get("format") or "wav").lower()
-    if fmt not in AUDIO_FORMATS:
-        raise UploadError(415, f"input_audio.format {fmt!r} is not supported; use one of {', '.join(AUDIO_FORMATS)}",
-                          "unsupported_audio")
-    return audios[0].get("data"), fmt, " ".join(t.strip() for t in texts if t.strip())
-
-
 def _transcription_response(ans: Answer, response_format: str, language: str) -> Response:
     if response_format == "text":
         return PlainTextResponse(ans.text + "\n")
@@ -339,11 +219,21 @@ def serve(checkpoint: str = "", host: str = "127.0.0.1", port: int = 8000, api_k
 
     if not checkpoint:
         raise ValueError("give --checkpoint (a checkpoint folder or a run folder)")
+    from speechlm.checkpoint.discrete import is_discrete_checkpoint
+
     key = api_key or os.environ.get("SPEECHLM_API_KEY", "")
-    engine = Engine.from_checkpoint(checkpoint, device=device, vad=vad, max_batch=max_batch,
-                                    max_wait_s=max_wait_ms / 1000, max_queue=max_queue)
     settings = Settings(api_key=key, limits=Limits(int(max_upload_mb * 1024 * 1024), max_audio_seconds),
                         request_timeout_s=timeout)
+    if is_discrete_checkpoint(checkpoint):  # a speaking model: speech out, one request at a time
+        from speechlm.serving.speaking import SpeakingEngine, create_speaking_app
+
+        speaking = SpeakingEngine.from_checkpoint(checkpoint)
+        print(f"[speechlm] serving {speaking.model_id} (speaking) on http://{host}:{port}/ "
+              f"(API key {'required' if key else 'off'})", flush=True)
+        uvicorn.run(create_speaking_app(speaking, settings), host=host, port=port, log_level="info")
+        return 0
+    engine = Engine.from_checkpoint(checkpoint, device=device, vad=vad, max_batch=max_batch,
+                                    max_wait_s=max_wait_ms / 1000, max_queue=max_queue)
     print(f"[speechlm] serving {engine.model_id} on http://{host}:{port}/ (API key {'required' if key else 'off'})", flush=True)
     uvicorn.run(create_app(engine, settings), host=host, port=port, log_level="info")
     return 0
