@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 
 from speechlm.inference.long_audio import to_srt, to_vtt
 from speechlm.serving.engine import Answer, Engine
-from speechlm.serving.http import Settings, error, install_common, model_list, parse_messages
+from speechlm.serving.http import Settings, error, install_common, json_body, model_list, parse_messages
 from speechlm.serving.uploads import Limits, UploadError, decode_audio, decode_base64
 
 STATIC = Path(__file__).parent / "static"
@@ -92,12 +92,7 @@ def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UploadError(400, f"the request body is not JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise UploadError(400, "the request body must be a JSON object")
+        body = await json_body(request)
         if "audio" in (body.get("modalities") or []) or body.get("audio"):
             raise UploadError(400, "this checkpoint does not speak: ask for modalities [\"text\"]", "no_audio_output")
         if int(body.get("n") or 1) != 1:

@@ -5,6 +5,7 @@ messages into its one input_audio part and its instruction."""
 from __future__ import annotations
 
 import hmac
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,3 +143,14 @@ def parse_messages(messages: Any) -> tuple[str, str, str]:
         raise UploadError(415, f"input_audio.format {fmt!r} is not supported; use one of {', '.join(AUDIO_FORMATS)}",
                           "unsupported_audio")
     return audios[0].get("data"), fmt, " ".join(t.strip() for t in texts if t.strip())
+
+
+async def json_body(request: Request) -> dict:
+    """The request body as a JSON object, else a 400 that says why."""
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UploadError(400, f"the request body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise UploadError(400, "the request body must be a JSON object")
+    return body

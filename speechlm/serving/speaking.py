@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import threading
 import time
 import uuid
@@ -35,7 +34,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from speechlm.serving.http import Settings, install_common, model_list, parse_messages
+from speechlm.serving.http import Settings, install_common, json_body, model_list, parse_messages
 from speechlm.serving.uploads import UploadError, decode_audio, decode_base64
 
 SAMPLE_RATE = 16000
@@ -135,7 +134,7 @@ def create_speaking_app(engine: SpeakingEngine, settings: Settings = Settings())
 
     @app.post("/v1/audio/speech")
     async def speech(request: Request) -> Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         text = body.get("input")
         if not isinstance(text, str) or not text.strip():
             raise UploadError(400, "input: the text to speak must be a non-empty string")
@@ -166,7 +165,7 @@ def create_speaking_app(engine: SpeakingEngine, settings: Settings = Settings())
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         if body.get("stream"):
             raise UploadError(400, "stream: a discrete model's answers are not streamed; send stream: false")
         modalities = body.get("modalities") or ["text"]
@@ -196,16 +195,6 @@ def create_speaking_app(engine: SpeakingEngine, settings: Settings = Settings())
                              "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}})
 
     return app
-
-
-async def _json_body(request: Request) -> dict:
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UploadError(400, f"the request body is not JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise UploadError(400, "the request body must be a JSON object")
-    return body
 
 
 __all__ = ["SpeakingEngine", "create_speaking_app", "encode_speech", "SPEECH_FORMATS"]
