@@ -5,6 +5,8 @@
 * :mod:`~speechlm.model.speechlm` - :class:`SpeechLM`, :class:`Batch`, the prompt formatter and the splice.
 * :mod:`~speechlm.model.builders` - :func:`build_speechlm` from a :class:`~speechlm.config.ModelConfig`, named sizes.
 * :mod:`~speechlm.model.features` - cached frozen-encoder outputs and the forward pass that reads them.
+* :mod:`~speechlm.model.ctc` - the CTC head over the LLM's own token embeddings, greedy decoding, compression.
+* :mod:`~speechlm.model.labels` - the clip-level label head: pooled adapter output against label-word embeddings.
 
 The discrete (speech-token) path beside it:
 
