@@ -105,6 +105,11 @@ def test_speak_chat_transcribe_from_the_checkpoint_alone(sgpt_run, data, tmp_pat
     runner.asr(np.zeros(8000, dtype=np.float32) + 0.01, max_frames=200)  # 0.5 s
     runner.asr(np.zeros(8000, dtype=np.float32) + 0.01, max_frames=5)
     assert asked == [int(np.ceil(ASR_TOKENS_PER_SECOND * 0.5)) + 8, 5]
+    from speechlm.inference.speak import TTS_UNITS_PER_CHAR
+
+    runner.tts("hello", max_units=500)  # TTS: a budget per input character, under max_units
+    runner.tts("hello", max_units=7)
+    assert asked[2:] == [int(np.ceil(TTS_UNITS_PER_CHAR["units"] * 5)) + 20, 7]
     assert "x.wav" in capsys.readouterr().out
 
 

@@ -30,6 +30,10 @@ ASR_TOKENS_PER_SECOND = 8.0
 """A transcript's token budget per second of audio (+ 8): Whisper's own, 224 tokens per 30-s window is 7.5 a
 second, about twice read English (~3 words, ~4 tokens a second). An untrained model then stops looping early, so
 scoring it takes seconds a clip instead of running to the cap."""
+TTS_UNITS_PER_CHAR = {"units": 4.0, "streams": 8.0}
+"""Speech tokens a TTS answer may spend per input character (+ 20), by rendering: deduplicated units (the
+speechgpt-tiny demo's slt corpus, K=100 k-means of Whisper layer 3: 1.59 a character on average, 3.67 at most) or
+50-Hz stream frames, not deduplicated (twice that). An untrained model stops near there instead of at max_units."""
 
 
 class DiscreteRunner:
@@ -172,7 +176,9 @@ class DiscreteRunner:
 
     # ---- tasks ---------------------------------------------------------------------------------------
     def tts(self, text: str, task: str = "tts", max_units: int = 500) -> tuple[np.ndarray, list[int]]:
-        res = self.run(get_task(task), text=text, max_frames=max_units)
+        """The text spoken: at most ``max_units`` speech tokens, and at most TTS_UNITS_PER_CHAR per character + 20."""
+        budget = int(np.ceil(TTS_UNITS_PER_CHAR.get(self.rendering, 8.0) * len(text))) + 20
+        res = self.run(get_task(task), text=text, max_frames=min(max_units, budget))
         units = res["units"][0] if res["units"] else []
         return self.wave_of(units, res["frame_level"]), units
 
