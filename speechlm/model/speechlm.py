@@ -169,13 +169,17 @@ class SpeechLM(nn.Module):
 
             from speechlm.model.ctc import greedy_decode
 
-            n_ctc = [len(t) for t in greedy_decode(self.ctc(audio), lengths, self.ctc.blank_id)]
+            logits = self.ctc(audio)  # [B, A, C+1]: llm_audio reuses them (the head is not cheap: C ~ 12k tokens)
+            n_ctc = [len(t) for t in greedy_decode(logits, lengths, self.ctc.blank_id)]
             # at least 2 tokens: a clip the CTC hears nothing in may still hold a word (the LLM may stop earlier)
             caps = [max(2, math.ceil(self.ctc_length_budget * n) + 1) if t else None for n, t in zip(n_ctc, transcript)]
-        audio, lengths = self.llm_audio(audio, lengths)
+            audio, lengths = self.llm_audio(audio, lengths, logits)
+        else:
+            audio, lengths = self.llm_audio(audio, lengths)
         return audio, lengths, caps
 
-    def llm_audio(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def llm_audio(self, audio: torch.Tensor, lengths: torch.Tensor,
+                  logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Adapter output [B, A, H] -> what the LLM reads: as is; with ``posterior_input`` each frame replaced by
         its CTC posterior over the head's tokens times their embeddings (LegoSLM, arXiv 2505.11352: the LLM then
         reads mixtures of its own input embeddings); with ``compress_audio`` blank frames dropped and runs merged."""
@@ -183,8 +187,9 @@ class SpeechLM(nn.Module):
             return audio, lengths
         from speechlm.model.ctc import compress
 
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.posterior_input):
-            logits = self.ctc(audio)  # [B, A, C+1]
+        if logits is None:  # the CTC head's logits of ``audio``, unless the caller has them already
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.posterior_input):
+                logits = self.ctc(audio)  # [B, A, C+1]
         if self.posterior_input:
             probs = torch.softmax(logits[..., :-1].float(), dim=-1)  # [B, A, C], blank left out
             audio = (probs @ self.ctc.token_table().float()).to(audio.dtype)  # [B, A, H]

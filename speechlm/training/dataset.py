@@ -15,8 +15,9 @@ from torch.utils.data import Dataset
 
 from speechlm.data.audio import AudioError, load_audio
 from speechlm.data.manifest import Cut
+from speechlm.model.labels import clip_label_targets
 from speechlm.model.speechlm import Batch, PromptFormatter, PromptIds
-from speechlm.tasks import Task
+from speechlm.tasks import TASKS, Task
 
 
 class SpeechDataset(Dataset):
@@ -38,6 +39,8 @@ class SpeechDataset(Dataset):
         # every closed-set label field of a line as a clip-level target (a model with a label head)
         self.label_targets = label_targets
         self._label_ids = lru_cache(maxsize=256)(self.formatter.ctc_ids)
+        # the closed-set tasks, once (not per item): those whose fields become clip-level targets
+        self._label_tasks = [t for t in TASKS.values() if t.labels is not None] if label_targets else []
         self._prompt = lru_cache(maxsize=256)(self._prompt_uncached)
         # a manifest written by `speechlm prepare --features` carries cached frozen-encoder outputs
         self.use_features = bool(cuts) and "features" in cuts[0].labels
@@ -90,10 +93,7 @@ class SpeechDataset(Dataset):
             if self.ctc_targets:  # what is spoken, whatever the task asks: the CTC alignment target (speechlm.model.ctc)
                 item["ctc_target"] = self.formatter.ctc_ids(text) if text and text.strip() else []
             if self.label_targets:  # every label the line has, whatever the task asks (speechlm.model.labels)
-                from speechlm.model.labels import clip_label_targets
-                from speechlm.tasks import TASKS
-
-                item["label_targets"] = clip_label_targets(labels, TASKS.values(), self._label_ids)
+                item["label_targets"] = clip_label_targets(labels, self._label_tasks, self._label_ids)
         return item
 
     def from_shard_item(self, it: dict) -> dict:
