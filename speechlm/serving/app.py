@@ -197,7 +197,7 @@ def serve(checkpoint: str = "", host: str = "127.0.0.1", port: int = 8000, api_k
           timeout: float = 120.0, vad: str = "auto", device: str = "cpu") -> int:
     """Serve a checkpoint over an OpenAI-compatible HTTP API, with a web page at /.
 
-    checkpoint: checkpoint folder, or run folder (its latest checkpoint).
+    checkpoint: checkpoint folder, or run folder (its latest checkpoint); a discrete (speaking) checkpoint also answers /v1/audio/speech and chat with audio out.
     host: address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).
     port: TCP port.
     api_key: require Authorization: Bearer KEY on /v1 routes (default: the SPEECHLM_API_KEY environment variable, else none).
