@@ -39,10 +39,10 @@ speechgpt-tiny demo's slt corpus, K=100 k-means of Whisper layer 3: 1.59 a chara
 class DiscreteRunner:
     """Run tasks of a discrete checkpoint on text and waves."""
 
-    def __init__(self, bundle: DiscreteBundle, sampling: Sampling | None = None, seed: int = 0):
+    def __init__(self, bundle: DiscreteBundle, sampling: Sampling | None = None, seed: int = 0, merge: bool = True):
         self.b = bundle
         self.model, self.tok, self.layout = bundle.model.eval(), bundle.text_tokenizer, bundle.model.layout
-        if hasattr(self.model.llm, "merge_and_unload"):
+        if merge and hasattr(self.model.llm, "merge_and_unload"):
             # peft re-merges the trainable token rows into the whole 49k x H embedding on every forward
             # (TrainableTokensLayer.get_merged_weights): merged once here, decoding is 2x faster (31 -> 16 s for
             # 60 units on the speechgpt-tiny demo's checkpoint, same units)
