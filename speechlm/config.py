@@ -71,6 +71,13 @@ class ModelConfig:
     times the token count of the clip's greedy CTC transcript, plus one, then end the turn; 0: no cap. The CTC says
     how long the answer can be, which cuts the LLM's repetition loops (demo run D: 1.2 took asr_en from 68.1% to
     64.1% WER; benchmarks/bench_ctc_ablation.py --decoding). Other tasks are never capped."""
+    ctc_decode_weight: float = 0.0
+    """Joint CTC/LLM decoding of transcripts (tasks whose answer is the transcript), with a CTC head: each step adds
+    this weight x the CTC prefix score of the LLM's top candidates to (1 - weight) x their LLM log-probability
+    (hybrid CTC/attention decoding, Watanabe et al. 2017; speechlm.model.ctc_prefix). 0: off, 1: the CTC alone
+    picks among the LLM's candidates. Acts at decoding only, so a trained checkpoint can be rescored with it."""
+    ctc_decode_candidates: int = 8
+    """Joint CTC/LLM decoding: how many of the LLM's most likely next tokens the CTC scores per step (plus the end of turn)."""
     posterior_input: bool = False
     """The LLM reads each audio frame as its CTC posterior times the token embeddings (LegoSLM), i.e. mixtures of
     its own input embeddings, instead of the adapter's frames; needs ctc_head. Drops what the tokens do not say."""
@@ -213,6 +220,10 @@ class DemoConfig:
     """Also train on the shared real English clips that have no transcript (LibriSpeech read speech, ~200 clips,
     ~90 speakers), transcribed by Whisper tiny.en's own decoder (speechlm.corpora.pseudo_label; marked
     `text_source: pseudo:whisper-tiny.en` in the manifest). Real voices in open text: what TTS cannot give."""
+    real_copies: int = 0
+    """With pseudo_label: this many augmented copies of each pseudo-labelled real clip, each at another speed
+    (0.9, 1.1, ...) with room and noise drawn as for the synthetic clips (speechlm.corpora.copies; Ko et al. 2015's
+    speed perturbation). The few real open-English minutes then count several times, in voices TTS cannot give."""
     features: bool = False
     """Run the frozen encoder once over the training clips before training (speechlm.model.features) and train
     from its cached outputs; the caching time is reported apart from training time."""

@@ -208,11 +208,15 @@ def test_export_ctc_compressed_matches_transcribe(clips, tmp_path):
     manifest, waves = clips
     stages = "train.stages=[{steps: 1, tasks: [asr], trainable: adapter, lm: 0, ctc: 1}, " \
              "{steps: 1, tasks: [asr], trainable: [adapter, lora], ctc: 0.3}]"
-    run = _train("tiny-ctc", manifest, tmp_path / "ctc", stages, "model.ctc_length_budget=0.5")
+    run = _train("tiny-ctc", manifest, tmp_path / "ctc", stages, "model.ctc_length_budget=0.5", "model.ctc_decode_weight=0.5")
     out = export(str(run), str(tmp_path / "hf-ctc"))
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["ctc_head"] and cfg["compress_audio"] and cfg["ctc_vocab"] and cfg["adapter"]["out_norm"]
     assert cfg["ctc_length_budget"] == 0.5 and cfg["tasks"]["asr"]["transcript"] and not cfg["tasks"]["ser"]["transcript"]
+    assert cfg["ctc_decode_weight"] == 0.5 and cfg["ctc_decode_candidates"] == 8
+    from speechlm.model import ctc_prefix  # one source: the exported scorer is the package's own file
+
+    assert (out / "ctc_prefix.py").read_text() == Path(ctc_prefix.__file__).read_text()
     model = _load(out)
     clips_t = [torch.as_tensor(w) for w in waves]
     frames, lengths = model.encode(clips_t)
@@ -222,7 +226,8 @@ def test_export_ctc_compressed_matches_transcribe(clips, tmp_path):
     assert caps is not None and all(c >= 2 for c in caps) and model.encode_for_answers(clips_t)[2] is None
     ids = model.generate(waves).tolist()  # [B, T]: each row's answer tokens before its end of turn stay within its cap
     assert all(next((i for i, t in enumerate(row) if t == model.eos_id), len(row)) <= c for row, c in zip(ids, caps))
-    assert model.transcribe(waves) == _reference(run, waves)  # both cap transcripts at 0.5 x the CTC length
+    assert model.encode_for_answers(clips_t, transcript=True)[3] is not None  # joint CTC/LLM decoding is on
+    assert model.transcribe(waves) == _reference(run, waves)  # both cap at 0.5 x the CTC length and decode jointly
     assert "CTC-compressed frames" in (out / "README.md").read_text()
 
 

@@ -341,3 +341,28 @@ def test_pseudo_label_with_a_tiny_random_whisper(tmp_path):
     assert len(cache["texts"]) == 3  # the three English clips without text were decoded
     for r in (json.loads(ln) for ln in out.read_text().splitlines()):
         assert r["text_source"] == "pseudo:tiny-random" and r["text"]
+
+
+def test_augmented_copies_of_real_clips(tmp_path):
+    """speechlm.corpora.copies: each copy changes speed by its factor (0.9 then 1.1), keeps the transcript and
+    labels, says what was applied and of which clip, is written once and reused, and is the same on a re-run."""
+    from speechlm.corpora.copies import augmented_copies
+    from speechlm.data.manifest import Cut
+
+    src = tmp_path / "a.wav"
+    sf.write(src, _speechlike(2.0), SR)
+    cut = Cut(id="ls/spk-1", audio=str(src), duration=2.0, text="hello there", labels={"gender": "female"})
+    out = augmented_copies([cut], tmp_path / "aug", copies=2, seed=1)
+    assert [c.id for c in out] == ["ls/spk-1#aug0", "ls/spk-1#aug1"]
+    assert [c.labels["augment_params"]["speed"] for c in out] == [0.9, 1.1]
+    for c, speed in zip(out, (0.9, 1.1)):
+        assert c.text == "hello there" and c.labels["gender"] == "female" and c.labels["augment_of"] == "ls/spk-1"
+        assert c.labels["augment"].startswith(f"speed{speed:g}") and os.path.isabs(c.audio)
+        assert c.duration == pytest.approx(2.0 / speed + (A.TAIL_MAX_S if "rir" in c.labels["augment"] else 0), abs=0.02)
+        assert sf.info(c.audio).samplerate == SR and np.abs(sf.read(c.audio)[0]).max() <= 0.9 + 1e-3
+    stamps = [os.path.getmtime(c.audio) for c in out]
+    again = augmented_copies([cut], tmp_path / "aug", copies=2, seed=1)
+    assert [c.audio for c in again] == [c.audio for c in out] and [os.path.getmtime(c.audio) for c in again] == stamps
+    assert augmented_copies([cut], tmp_path / "aug", copies=2, seed=2)[0].audio != out[0].audio  # another plan, another file
+    with pytest.raises(ValueError, match="copies"):
+        augmented_copies([cut], tmp_path / "aug", copies=-1)

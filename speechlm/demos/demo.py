@@ -107,6 +107,13 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
             print(f"[speechlm demo] {len(pseudo)} real clips pseudo-labelled by Whisper tiny.en "
                   f"({sum(c.duration for c in pseudo) / 60:.1f} min)", flush=True)
             train_cuts += pseudo
+            if d.real_copies > 0:  # speed-perturbed (+ room, noise) copies of the few real open-English clips
+                from speechlm.corpora.copies import augmented_copies
+
+                copies = augmented_copies(pseudo, data / "real" / "copies", copies=d.real_copies, seed=seed)
+                print(f"[speechlm demo] {len(copies)} augmented copies of them ({sum(c.duration for c in copies) / 60:.1f} min)",
+                      flush=True)
+                train_cuts += copies
     else:
         print("[speechlm demo] ../shared/data/real not found: training on synthetic speech only", flush=True)
     subsets["synthetic (held-out)"] = val

@@ -53,7 +53,7 @@ def score_systems(systems: dict[str, System], subsets: dict[str, list[Cut]], tas
 def evaluate(manifest: list[str] = (), out: str = "runs/eval", checkpoint: str = "", baseline: bool = False, untrained: bool = False,
              task: str = "", num_beams: int = 1, batch_size: int = 8, held_out_instructions: bool = False,
              tasks: str = "", train_manifest: str = "", single_task: str = "", max_per_task: int = 0,
-             device: str = "cpu") -> dict:
+             device: str = "cpu", ctc_decode_weight: float = -1.0) -> dict:
     """Score a checkpoint (and baselines) on one or more manifests; writes results.jsonl, summary.json, report.md.
 
     manifest: JSONL manifests; each is one subset of the report (named by its file stem).
@@ -71,6 +71,7 @@ def evaluate(manifest: list[str] = (), out: str = "runs/eval", checkpoint: str =
     single_task: with --tasks, a checkpoint trained on ASR alone; its WER goes beside the multi-task model's.
     max_per_task: with --tasks (or a discrete checkpoint), score a fixed random subset of at most this many clips per task or subset (0: all).
     device: cpu or cuda.
+    ctc_decode_weight: joint CTC/LLM decoding of transcripts at this weight (0: off; -1: as the checkpoint says).
     """
     from speechlm.checkpoint.discrete import is_discrete_checkpoint
 
@@ -96,6 +97,7 @@ def evaluate(manifest: list[str] = (), out: str = "runs/eval", checkpoint: str =
         tr = Transcriber.from_checkpoint(checkpoint, task=task or None, device=device, num_beams=num_beams,
                                          batch_size=batch_size, held_out_instructions=held_out_instructions)
         task_rec = tr.task
+        tr.set_ctc_decode_weight(ctc_decode_weight)
         systems["speechlm (trained)"] = tr
         if tr.model.ctc is not None and task_rec.target == "text":  # what the adapter alone hears, no LLM
             systems["speechlm greedy CTC (no LLM)"] = CTCTranscriber(tr.model, batch_size=batch_size)

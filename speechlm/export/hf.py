@@ -11,6 +11,7 @@ The folder (written atomically: a temp folder beside it, then a rename)::
                                  adapter_model.safetensors); the remote code applies it on load, without peft
     configuration_speechlm.py    remote code (torch + transformers only)
     modeling_speechlm.py
+    ctc_prefix.py                joint CTC/LLM decoding, copied from speechlm/model (torch only)
     tokenizer files              the LLM tokenizer as trained, plus the audio placeholder as a special token
     preprocessor_config.json     Whisper's feature extractor settings (80 mel bins, 16 kHz, 25-ms window, 10-ms hop)
     README.md                    model card (speechlm.export.card)
@@ -224,7 +225,7 @@ def write_folder(model: SpeechLM, cfg: RecipeConfig, ckpt: Path, tmp: Path, merg
     from safetensors.torch import save_file
     from transformers import WhisperFeatureExtractor
 
-    from speechlm.export.hf_files import REMOTE_FILES
+    from speechlm.export.hf_files import REMOTE_FILES, SHARED_FILES
     from speechlm.export.hf_files.configuration_speechlm import SpeechLMConfig
 
     model = model.float().eval()  # bf16 backbones are upcast (lossless); the export runs in fp32
@@ -262,6 +263,9 @@ def write_folder(model: SpeechLM, cfg: RecipeConfig, ckpt: Path, tmp: Path, merg
                             chunk_length=30).save_pretrained(str(tmp))
     for name in REMOTE_FILES:
         shutil.copyfile(HF_FILES / name, tmp / name)
+    package_root = Path(__file__).resolve().parents[2]  # the folder holding speechlm/
+    for name, source in SHARED_FILES.items():
+        shutil.copyfile(package_root / source, tmp / name)
     tasks = task_table()
     trained = trained_tasks(cfg)
     default_task = cfg.data.task if cfg.data.task in tasks else next((t for t in trained if t in tasks), "asr")
@@ -278,6 +282,8 @@ def write_folder(model: SpeechLM, cfg: RecipeConfig, ckpt: Path, tmp: Path, merg
         llm_attn_implementation=text_attn, adapter=spec, pad_audio_to_30s=cfg.model.pad_audio_to_30s,
         ctc_head=model.ctc is not None, ctc_vocab=ctc_vocab, compress_audio=model.compress_audio,
         posterior_input=model.posterior_input, ctc_length_budget=model.ctc_length_budget if model.ctc is not None else 0.0,
+        ctc_decode_weight=model.ctc_decode_weight if model.ctc is not None else 0.0,
+        ctc_decode_candidates=model.ctc_decode_candidates,
         audio_token=cfg.model.audio_token, audio_token_id=audio_token_id,
         system_prompt=cfg.model.system_prompt, prompt_example=prompt_example,
         max_audio_seconds=cfg.model.max_audio_seconds, sampling_rate=16000, tasks=tasks, default_task=default_task, trained_tasks=trained,

@@ -61,6 +61,16 @@ class Transcriber:
     def name(self) -> str:
         return "speechlm"
 
+    def set_ctc_decode_weight(self, weight: float) -> None:
+        """Decode transcripts jointly with the CTC head at ``weight`` (0: off; below 0: keep the checkpoint's)."""
+        if weight < 0:
+            return
+        if weight > 0 and self.model.ctc is None:
+            raise ValueError("--ctc-decode-weight above 0 needs a checkpoint trained with a CTC head (model.ctc_head=true)")
+        if weight > 1:
+            raise ValueError(f"--ctc-decode-weight must lie in [0, 1], got {weight}")
+        self.model.ctc_decode_weight = weight
+
     def __call__(self, waves: Sequence[np.ndarray]) -> list[str]:
         return [text for text, _ in self.with_segments(waves)]
 
@@ -153,11 +163,12 @@ def stream_generate(model: SpeechLM, waves: Sequence[torch.Tensor], prompts: Seq
 
     Positions follow the attention mask (left padding), as ``transformers``' generate computes them.
     ``transcript[row]``: the row's answer is the transcript, so the model's ``ctc_length_budget`` caps it (the row
-    then ends its turn at the cap).
+    then ends its turn at the cap) and its ``ctc_decode_weight`` decodes it jointly with the CTC head.
     """
     n = len(waves)
     lm, embed = model.causal_lm, model.causal_lm.get_input_embeddings()
-    audio, audio_lengths, caps = model.encode_for_answers(list(waves), list(transcript) if transcript is not None else [False] * n)
+    is_transcript = list(transcript) if transcript is not None else [False] * n
+    audio, audio_lengths, caps, joint = model.encode_for_decoding(list(waves), is_transcript)
     limits = [m if c is None else min(m, c) for m, c in zip(max_new_tokens, caps)]
     batch = Batch(ids=[str(i) for i in range(n)], waves=list(waves), prompts=list(prompts))
     emb, mask, _ = model.splice(batch, audio, audio_lengths, left_pad=True)  # [B, L, H], [B, L]
@@ -168,7 +179,10 @@ def stream_generate(model: SpeechLM, waves: Sequence[torch.Tensor], prompts: Seq
     tokens: list[list[int]] = [[] for _ in range(n)]
     done = torch.zeros(n, dtype=torch.bool, device=emb.device)  # [B]
     for step in range(max(max_new_tokens, default=0)):
-        nxt = _choose(out.logits[:, -1].float(), temps, gen)  # [B]
+        logits = out.logits[:, -1].float()  # [B, V]
+        if joint is not None:  # joint CTC/LLM decoding of the transcript rows still going (model.ctc_decode_weight)
+            logits = joint.score([tuple(tokens[r]) if is_transcript[r] and not done[r] else None for r in range(n)], logits)
+        nxt = _choose(logits, temps, gen)  # [B]
         for r in range(n):
             if done[r]:
                 continue
@@ -207,7 +221,7 @@ def _choose(logits: torch.Tensor, temps: torch.Tensor, gen: torch.Generator | No
 
 def transcribe(audio: list[str], checkpoint: str = "", num_beams: int = 1, max_new_tokens: int = 0,
                batch_size: int = 8, task: str = "", instruction: str = "", device: str = "cpu",
-               vad: str = "auto", skip_silence: bool = True) -> list[dict]:
+               vad: str = "auto", skip_silence: bool = True, ctc_decode_weight: float = -1.0) -> list[dict]:
     """Transcribe audio files with a trained checkpoint; prints one line per file.
 
     Files longer than the model's max_audio_seconds are split at pauses and the answers joined. A discrete
@@ -224,6 +238,7 @@ def transcribe(audio: list[str], checkpoint: str = "", num_beams: int = 1, max_n
     device: cpu or cuda.
     vad: voice activity detector for splitting long files and finding silence: auto, silero or energy.
     skip_silence: a file with no speech gets an empty transcript (tasks answered from speech: asr, srwt, sttc, ...).
+    ctc_decode_weight: joint CTC/LLM decoding of transcripts at this weight (0: off; -1: as the checkpoint says).
     """
     if not checkpoint:
         raise ValueError("give --checkpoint (a checkpoint folder or a run folder)")
@@ -238,6 +253,7 @@ def transcribe(audio: list[str], checkpoint: str = "", num_beams: int = 1, max_n
     tr = Transcriber.from_checkpoint(checkpoint, task=task or None, device=device, num_beams=num_beams,
                                      max_new_tokens=max_new_tokens, batch_size=batch_size, instruction=instruction or None,
                                      vad=vad)
+    tr.set_ctc_decode_weight(ctc_decode_weight)
     tr.skip_silence = skip_silence and tr.task.labels is None  # a closed-set task (events, emotion) may hear non-speech
     waves = [load_audio(p) for p in audio]
     check_waves(waves, names=audio)

@@ -109,7 +109,8 @@ class EndTurnAtCap:
 class SpeechLM(nn.Module):
     def __init__(self, encoder: nn.Module, adapter: nn.Module, llm: nn.Module, tokenizer, audio_token: str = "<|audio|>",
                  system_prompt: str = "", ctc: nn.Module | None = None, compress_audio: bool = False,
-                 posterior_input: bool = False, ctc_length_budget: float = 0.0, label_head: nn.Module | None = None):
+                 posterior_input: bool = False, ctc_length_budget: float = 0.0, label_head: nn.Module | None = None,
+                 ctc_decode_weight: float = 0.0, ctc_decode_candidates: int = 8):
         super().__init__()
         self.encoder = encoder
         self.adapter = adapter
@@ -123,6 +124,12 @@ class SpeechLM(nn.Module):
         if ctc_length_budget < 0:
             raise ValueError(f"ctc_length_budget must be >= 0 (0: no cap), got {ctc_length_budget}")
         self.ctc_length_budget = ctc_length_budget  # transcripts capped at this x the greedy CTC length (0: off)
+        if not 0 <= ctc_decode_weight <= 1:
+            raise ValueError(f"ctc_decode_weight must lie in [0, 1] (0: off), got {ctc_decode_weight}")
+        if ctc_decode_weight > 0 and ctc is None:
+            raise ValueError("ctc_decode_weight > 0 (joint CTC/LLM decoding) needs a CTC head")
+        self.ctc_decode_weight = ctc_decode_weight  # joint CTC/LLM decoding of transcripts (speechlm.model.ctc_prefix)
+        self.ctc_decode_candidates = ctc_decode_candidates  # LLM tokens the CTC scores per step
         # the parts of the last forward's loss, for the training log: detached tensors (reading a float here would
         # wait for the GPU every step; the loop adds them up on the device and reads them at log steps)
         self.last_losses: dict[str, torch.Tensor | int] = {}
@@ -162,21 +169,39 @@ class SpeechLM(nn.Module):
         """What the LLM sees [B, A, H], its lengths [B], and each row's cap on answer tokens before the end of turn:
         ``ctc_length_budget`` x its greedy CTC token count + 1 for rows whose answer is the transcript (``transcript``)
         when the model has a CTC head and a budget, else None (no cap)."""
+        audio, lengths, caps, _ = self.encode_for_decoding(waves, transcript)
+        return audio, lengths, caps
+
+    def encode_for_decoding(self, waves: list[torch.Tensor], transcript: list[bool], num_beams: int = 1):
+        """:meth:`encode_for_answers` plus, when ``ctc_decode_weight`` > 0 and a row's answer is the transcript, the
+        joint CTC/LLM scorer of the search (speechlm.model.ctc_prefix; rows = clips x ``num_beams``, beams of a clip
+        adjacent), else None."""
         audio, lengths = self.adapt(waves)  # [B, A, H], [B]
         caps: list[int | None] = [None] * len(waves)
-        if self.ctc is not None and self.ctc_length_budget > 0 and any(transcript):
+        scorer = None
+        budget = self.ctc_length_budget > 0
+        joint = self.ctc_decode_weight > 0
+        if self.ctc is not None and (budget or joint) and any(transcript):
             import math
 
             from speechlm.model.ctc import greedy_decode
 
             logits = self.ctc(audio)  # [B, A, C+1]: llm_audio reuses them (the head is not cheap: C ~ 12k tokens)
-            n_ctc = [len(t) for t in greedy_decode(logits, lengths, self.ctc.blank_id)]
-            # at least 2 tokens: a clip the CTC hears nothing in may still hold a word (the LLM may stop earlier)
-            caps = [max(2, math.ceil(self.ctc_length_budget * n) + 1) if t else None for n, t in zip(n_ctc, transcript)]
+            if budget:
+                n_ctc = [len(t) for t in greedy_decode(logits, lengths, self.ctc.blank_id)]
+                # at least 2 tokens: a clip the CTC hears nothing in may still hold a word (the LLM may stop earlier)
+                caps = [max(2, math.ceil(self.ctc_length_budget * n) + 1) if t else None for n, t in zip(n_ctc, transcript)]
+            if joint:
+                from speechlm.model.ctc_prefix import CTCPrefixScorer, token_classes
+
+                n_llm = self.causal_lm.get_output_embeddings().weight.shape[0]
+                scorer = CTCPrefixScorer(torch.log_softmax(logits.float(), dim=-1), lengths,  # [B, A, C+1], [B]
+                                         token_classes(self.ctc.vocab, n_llm), self.eos_id, self.ctc_decode_weight,
+                                         self.ctc_decode_candidates, active=torch.tensor(transcript), beams=num_beams)
             audio, lengths = self.llm_audio(audio, lengths, logits)
         else:
             audio, lengths = self.llm_audio(audio, lengths)
-        return audio, lengths, caps
+        return audio, lengths, caps, scorer
 
     def llm_audio(self, audio: torch.Tensor, lengths: torch.Tensor,
                   logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,10 +337,10 @@ class SpeechLM(nn.Module):
         from transformers import LogitsProcessorList
 
         batch = Batch(ids=[str(i) for i in range(len(waves))], waves=waves, prompts=prompts)
-        audio, audio_lengths, caps = self.encode_for_answers(waves, [transcript] * len(waves))
+        audio, audio_lengths, caps, scorer = self.encode_for_decoding(waves, [transcript] * len(waves), num_beams)
         emb, mask, _ = self.splice(batch, audio, audio_lengths, left_pad=True)  # left padding for generation
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
-        processors = LogitsProcessorList()
+        processors = LogitsProcessorList([scorer] if scorer is not None else [])
         if any(c is not None for c in caps):
             cap = torch.tensor([c if c is not None else max_new_tokens for c in caps], device=emb.device)  # [B]
             processors.append(EndTurnAtCap(cap.repeat_interleave(num_beams), self.eos_id))  # beams of a clip are adjacent rows

@@ -28,6 +28,9 @@ class SpeechLMConfig(PretrainedConfig):
             CTC-compressed, or as posterior-weighted embeddings).
         ctc_length_budget: with a CTC head, a transcript (a task with ``"transcript": true``) ends its turn by this
             factor x its clip's greedy CTC token count + 1 (at least 2); 0: no cap.
+        ctc_decode_weight, ctc_decode_candidates: with a CTC head, a transcript is decoded jointly with the CTC prefix
+            score (``ctc_prefix.py``): per step the LLM's top ``ctc_decode_candidates`` tokens scored by
+            (1 - w) log p_LLM + w x the CTC prefix score's increment; 0: off.
         audio_token, audio_token_id: the placeholder in the chat prompt replaced by the audio frames.
         system_prompt: the system turn ("" sends an empty one; "default" leaves the chat template's own).
         prompt_example: the default task's prompt as the LLM reads it, audio placeholder included (for reading only;
@@ -45,7 +48,8 @@ class SpeechLMConfig(PretrainedConfig):
                  encoder_attn_implementation: str = "sdpa", llm_attn_implementation: str = "sdpa",
                  adapter: dict | None = None, pad_audio_to_30s: bool = False, ctc_head: bool = False,
                  ctc_vocab: list | None = None, compress_audio: bool = False, posterior_input: bool = False,
-                 ctc_length_budget: float = 0.0, audio_token: str = "<|audio|>", audio_token_id: int | None = None, system_prompt: str = "",
+                 ctc_length_budget: float = 0.0, ctc_decode_weight: float = 0.0, ctc_decode_candidates: int = 8,
+                 audio_token: str = "<|audio|>", audio_token_id: int | None = None, system_prompt: str = "",
                  prompt_example: str = "",
                  max_audio_seconds: float = 30.0, sampling_rate: int = 16000, tasks: dict | None = None,
                  default_task: str = "asr", trained_tasks: list | None = None, lora_adapter: dict | None = None,
@@ -61,6 +65,8 @@ class SpeechLMConfig(PretrainedConfig):
         self.compress_audio = bool(compress_audio)
         self.posterior_input = bool(posterior_input)
         self.ctc_length_budget = float(ctc_length_budget)
+        self.ctc_decode_weight = float(ctc_decode_weight)
+        self.ctc_decode_candidates = int(ctc_decode_candidates)
         self.audio_token = audio_token
         self.audio_token_id = audio_token_id
         self.system_prompt = system_prompt

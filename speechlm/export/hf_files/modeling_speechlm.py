@@ -36,6 +36,7 @@ from transformers.audio_utils import mel_filter_bank
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from .configuration_speechlm import SpeechLMConfig
+from .ctc_prefix import CTCPrefixScorer, token_classes
 
 SAMPLE_RATE = 16000
 N_FFT = 400  # 25-ms window (Whisper)
@@ -452,18 +453,21 @@ class SpeechLMModel(PreTrainedModel):
     def encode_audio(self, waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Waves -> what the LLM reads [B, A, H] and its lengths [B]: the adapter's frames, CTC-compressed or
         posterior-weighted when the model was trained so."""
-        audio, lengths, _ = self.encode_for_answers(waves)
+        audio, lengths, _, _ = self.encode_for_answers(waves)
         return audio, lengths
 
-    def encode_for_answers(self, waves: Sequence[torch.Tensor], transcript: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[int] | None]:
+    def encode_for_answers(self, waves: Sequence[torch.Tensor], transcript: bool = False, num_beams: int = 1):
         """:meth:`encode_audio`, and with ``transcript`` and ``config.ctc_length_budget`` each clip's cap on answer
-        tokens before the end of turn: the budget x its greedy CTC token count + 1, at least 2 (else None)."""
+        tokens before the end of turn: the budget x its greedy CTC token count + 1, at least 2 (else None); with
+        ``transcript`` and ``config.ctc_decode_weight`` the joint CTC/LLM scorer of the search (``ctc_prefix.py``;
+        rows = clips x ``num_beams``), else None. Returns (audio [B, A, H], lengths [B], caps, scorer)."""
         frames, lengths = self.encode(waves)  # [B, F, D], [B]
         audio = self.adapter(frames.to(next(self.adapter.parameters()).dtype), lengths)  # [B, A, H]
         lengths = self.adapter.out_lengths(lengths)
         capped = transcript and self.ctc is not None and self.config.ctc_length_budget > 0
-        if not (self.config.compress_audio or self.config.posterior_input or capped):
-            return audio, lengths, None
+        joint = transcript and self.ctc is not None and self.config.ctc_decode_weight > 0
+        if not (self.config.compress_audio or self.config.posterior_input or capped or joint):
+            return audio, lengths, None, None
         embedding = self.language_model.get_input_embeddings().weight  # [V, H]
         logits = self.ctc(audio, embedding)  # [B, A, C+1]
         blank = logits.shape[-1] - 1
@@ -472,14 +476,20 @@ class SpeechLMModel(PreTrainedModel):
             best = logits.argmax(dim=-1).cpu()  # [B, A]
             n_ctc = [int((torch.unique_consecutive(row[:n]) != blank).sum()) for row, n in zip(best, lengths.tolist())]
             caps = [max(2, math.ceil(self.config.ctc_length_budget * n) + 1) for n in n_ctc]
+        scorer = None
+        if joint:
+            vocab = torch.tensor(self.config.ctc_vocab, dtype=torch.long)
+            scorer = CTCPrefixScorer(torch.log_softmax(logits.float(), dim=-1), lengths,  # [B, A, C+1], [B]
+                                     token_classes(vocab, embedding.shape[0]), self.eos_id, self.config.ctc_decode_weight,
+                                     self.config.ctc_decode_candidates, beams=num_beams)
         if not (self.config.compress_audio or self.config.posterior_input):
-            return audio, lengths, caps
+            return audio, lengths, caps, scorer
         if self.config.posterior_input:
             probs = torch.softmax(logits[..., :-1].float(), dim=-1)  # [B, A, C]
             audio = (probs @ self.ctc.token_table(embedding).float()).to(audio.dtype)  # [B, A, H]
         if self.config.compress_audio:
             audio, lengths = ctc_compress(audio, logits.detach(), lengths, blank)  # [B, A', H], [B]
-        return audio, lengths, caps
+        return audio, lengths, caps, scorer
 
     # ---- prompts -------------------------------------------------------------------------------------------
     def user_message(self, task: str | None = None, instruction: str | None = None) -> str:
@@ -560,16 +570,19 @@ class SpeechLMModel(PreTrainedModel):
         prompt = self.prompt_ids(self.user_message(task, instruction))
         # a transcript of the task's own instruction may be capped by its CTC length (config.ctc_length_budget)
         transcript = bool(spec.get("transcript")) and instruction is None
-        audio, audio_lengths, caps = self.encode_for_answers(clips, transcript)  # [B, A, H], [B]
+        audio, audio_lengths, caps, scorer = self.encode_for_answers(clips, transcript, num_beams)  # [B, A, H], [B]
         emb, mask, _ = self.splice([prompt] * len(clips), audio, audio_lengths, left_pad=True)  # [B, L, H], [B, L]
         tok = self.tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
-        if caps is not None:
-            cap = torch.tensor(caps, device=emb.device)  # [B]
+        if caps is not None or scorer is not None:
             processors = list(generate_kwargs.pop("logits_processor", None) or [])
-            generate_kwargs["logits_processor"] = LogitsProcessorList(
-                processors + [EndTurnAtCap(cap.repeat_interleave(num_beams), self.eos_id)])  # beams of a clip are adjacent
-            max_new_tokens = min(max_new_tokens, int(cap.max()) + 1)  # + the end of turn
+            if scorer is not None:  # joint CTC/LLM decoding (config.ctc_decode_weight)
+                processors.append(scorer)
+            if caps is not None:
+                cap = torch.tensor(caps, device=emb.device)  # [B]
+                processors.append(EndTurnAtCap(cap.repeat_interleave(num_beams), self.eos_id))  # beams of a clip are adjacent
+                max_new_tokens = min(max_new_tokens, int(cap.max()) + 1)  # + the end of turn
+            generate_kwargs["logits_processor"] = LogitsProcessorList(processors)
         return self.language_model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens,
                                             num_beams=num_beams, do_sample=False, eos_token_id=self.eos_id,
                                             pad_token_id=pad_id, **generate_kwargs)
