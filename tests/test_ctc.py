@@ -206,7 +206,8 @@ def test_stage_schedule_restarts_warmup_and_cosine_per_stage():
 
 def test_ctc_demo_path_at_tiny_size(tmp_path):
     """`speechlm demo --recipe tiny-ctc`: the shipped demo's code path (broad augmented text, cached features,
-    CTC-only stage, LM + CTC, the greedy-CTC system beside the others) with random tiny models."""
+    CTC-only stage, LM + CTC, joint CTC/LLM decoding, the greedy-CTC and LLM-alone systems beside the others) with
+    random tiny models."""
     from speechlm.cli import main
     from speechlm.corpora.synth import available_voices
 
@@ -217,7 +218,8 @@ def test_ctc_demo_path_at_tiny_size(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--recipe", "tiny-ctc", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert {"speechlm (trained)", "speechlm greedy CTC (no LLM)", "whisper tiny.en decoder"} <= set(summary["by_system"])
+    assert {"speechlm (trained)", "speechlm greedy CTC (no LLM)", "whisper tiny.en decoder",
+            "speechlm (trained), LLM alone (ctc_decode_weight 0)"} <= set(summary["by_system"])
     demo = json.loads((out / "demo.json").read_text())
     assert {"data_min", "features_min", "train_min", "eval_min"} <= set(demo)
     train_lines = [json.loads(x) for x in (out / "data" / "features" / "manifest.jsonl").read_text().splitlines()]

@@ -126,3 +126,20 @@ def test_transcribe_and_eval_can_switch_joint_decoding_on_a_checkpoint():
     plain.set_ctc_decode_weight(0.0)
     with pytest.raises(ValueError, match="--ctc-decode-weight above 0 needs a checkpoint trained with a CTC head"):
         plain.set_ctc_decode_weight(0.5)
+
+
+def test_the_audio_proposes_words_the_llm_does_not_expect():
+    """With one LLM candidate per step, weight 1 still spells a peaked CTC exactly: every token the CTC ranks first
+    at some frame (or gives 0.05 there) is a candidate too, so the turn cannot end early for lack of the right word."""
+    from speechlm.tasks import get_task
+
+    words = [5, 9, 17]
+    model = _peaked_model(words, weight=1.0)
+    model.ctc_decode_candidates = 1
+    asr = get_task("asr")
+    waves = [torch.randn(16000)]
+    prompts = [model.prompt_ids(asr.user_message(asr.instructions[0], model.audio_token))]
+    with torch.no_grad():
+        assert model.generate(waves, prompts, max_new_tokens=12, transcript=True) == [model.tokenizer.decode(words).strip()]
+        scorer = model.encode_for_decoding(waves, [True])[3]
+    assert set(words) <= set(scorer.audio_tokens[0])

@@ -22,6 +22,22 @@ from pathlib import Path
 from speechlm.utils import real_data_root, write_json
 
 
+def _llm_alone(model, task):
+    """The trained model's transcript without joint CTC/LLM decoding, to show what the CTC prefix score adds."""
+    from speechlm.inference.transcribe import Transcriber
+
+    tr = Transcriber(model, task, max_new_tokens=64)
+
+    def decode(waves):
+        weight, model.ctc_decode_weight = model.ctc_decode_weight, 0.0
+        try:
+            return tr(waves)
+        finally:
+            model.ctc_decode_weight = weight
+
+    return decode
+
+
 def _sample(cuts: list, k: int, seed: int) -> list:
     if k <= 0 or len(cuts) <= k:
         return cuts
@@ -145,6 +161,7 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
     systems = {
         "speechlm (trained)": Transcriber(model, task, max_new_tokens=64),
         **({"speechlm greedy CTC (no LLM)": CTCTranscriber(model)} if model.ctc is not None else {}),
+        **({"speechlm (trained), LLM alone (ctc_decode_weight 0)": _llm_alone(model, task)} if model.ctc_decode_weight > 0 else {}),
         "speechlm (untrained)": Transcriber(build_speechlm(cfg.model, seed=seed), task, max_new_tokens=64),
         "whisper tiny.en decoder": WhisperBaseline(),
     }

@@ -11,7 +11,10 @@ al. 2017, "Hybrid CTC/Attention Architecture for End-to-End Speech Recognition",
     score(c) = (1 - w) log p_LLM(c | prefix) + w (log psi(prefix + c) - log psi(prefix))
 
 psi(g) is the probability that the clip's collapsed CTC labelling *starts with* g (Graves 2012, sec. 7.3);
-for the end of turn it is the probability that the labelling *is* g. The LLM keeps its fluency and knowledge of
+for the end of turn it is the probability that the labelling *is* g. The candidates are the LLM's top K plus
+every token the CTC ranks first at some frame of the clip or gives a posterior of at least 0.05 there: with the LLM's top K alone, a word the LLM
+does not expect could never be written, and the turn would end early ("in being a m" for "in being
+comparatively modern", run F). The LLM keeps its fluency and knowledge of
 words; the CTC keeps it on the audio: a word the audio does not hold costs the prefix probability, and ending
 before the audio is covered (or running past it) costs the end-of-turn term. Tokens outside the CTC head's
 vocabulary get a CTC score of -inf, so with w > 0 the transcript is written in tokens the head knows.
@@ -24,9 +27,13 @@ prefixes between a clip's rows, and beams that share a prefix share its pass.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 NEG_INF = float("-inf")
+AUDIO_CANDIDATE_PROB = 0.05
+"""A token the CTC gives at least this posterior at some frame is a candidate at every step, whatever the LLM thinks."""
 
 
 class CTCPrefixScorer:
@@ -53,6 +60,19 @@ class CTCPrefixScorer:
         r = self.logp.shape[0]
         self.active = (torch.ones(r, dtype=torch.bool) if active is None else active.bool()).cpu()  # [B]
         self.blank = self.logp.shape[2] - 1
+        # what the audio may say: per clip, the LLM ids of the classes that are the argmax of some valid frame or
+        # reach AUDIO_CANDIDATE_PROB there (the second choice at a blank-dominated frame is noise: not those)
+        class_token = torch.full((self.logp.shape[2],), -1, dtype=torch.long)  # [C+1] LLM id of each class
+        said = self.token_class >= 0
+        class_token[self.token_class[said].cpu()] = torch.nonzero(said.cpu())[:, 0]
+        self.audio_tokens = []
+        for b in range(r):
+            lp = self.logp[b, : int(self.lengths[b])]  # [A_b, C+1]
+            hit = (lp >= math.log(AUDIO_CANDIDATE_PROB)).any(dim=0)  # [C+1]
+            hit[lp.argmax(dim=-1).unique()] = True
+            hit[self.blank] = False
+            ids = class_token[torch.nonzero(hit.cpu())[:, 0]]
+            self.audio_tokens.append([int(t) for t in ids if t >= 0])
         a = self.logp.shape[1]
         # the empty prefix: only blanks so far, r[t, 1] = sum of blank log-probs up to t; its psi is 1
         empty = torch.full((r, a, 2), NEG_INF, device=self.logp.device)  # [B, A, 2]
@@ -65,11 +85,10 @@ class CTCPrefixScorer:
         """Forward variables [M, A, 2] and log psi [M] of each (clip, parent prefix) extended by one CTC class [M]."""
         dev = self.logp.device
         idx = torch.tensor(rows, device=dev)  # [M]
-        y = self.logp[idx]  # [M, A, C+1]
         parent_r = torch.stack([self._cache[(i, p)][0] for i, p in zip(rows, parents)])  # [M, A, 2]
         last = torch.tensor([self._last_class(p) for p in parents], device=dev)  # [M], -1 for the empty prefix
-        y_c = y.gather(2, classes[:, None, None].expand(-1, y.shape[1], 1))[:, :, 0]  # [M, A]
-        y_b = y[:, :, self.blank]  # [M, A]
+        y_c = self.logp[idx, :, classes]  # [M, A]: only the columns needed (all of them would be M x A x C floats)
+        y_b = self.logp[idx, :, self.blank]  # [M, A]
         n_valid = self.lengths[idx]  # [M]
         m, a = y_c.shape
         r = torch.full((m, a, 2), NEG_INF, device=dev)  # [M, A, 2]
@@ -137,6 +156,7 @@ class CTCPrefixScorer:
             self._ensure(clip[i], prefixes[i])
         k = min(self.candidates, scores.shape[1])
         top = logp_llm[rows].topk(k, dim=-1).indices.tolist()  # [R', K]
+        top = [list(dict.fromkeys(cands + self.audio_tokens[clip[i]])) for i, cands in zip(rows, top)]  # + the CTC's
         todo = {(clip[i], prefixes[i], c) for i, cands in zip(rows, top) for c in cands
                 if c != self.eos_id and int(self.token_class[c]) >= 0 and (clip[i], prefixes[i] + (c,)) not in self._cache}
         if todo:
