@@ -77,7 +77,13 @@ class ModelConfig:
     (hybrid CTC/attention decoding, Watanabe et al. 2017; speechlm.model.ctc_prefix). 0: off, 1: the CTC alone
     picks among the LLM's candidates. Acts at decoding only, so a trained checkpoint can be rescored with it."""
     ctc_decode_candidates: int = 8
-    """Joint CTC/LLM decoding: how many of the LLM's most likely next tokens the CTC scores per step (plus the end of turn)."""
+    """Joint CTC/LLM decoding: how many of the LLM's most likely next tokens the CTC scores per step (plus the end of
+    turn and the tokens the CTC itself finds likely)."""
+    trim_silence: bool = False
+    """Cut leading and trailing silence off every clip at inference (a VAD; speechlm.inference.long_audio), as the
+    demo cuts it off its real training clips. Without it a CTC emits the first words in the leading silence, from
+    the encoder's whole-clip context rather than from hearing them (RAVDESS "Kids" heard as "Dogs"). The exported
+    model does not trim: its caller should."""
     posterior_input: bool = False
     """The LLM reads each audio frame as its CTC posterior times the token embeddings (LegoSLM), i.e. mixtures of
     its own input embeddings, instead of the adapter's frames; needs ctc_head. Drops what the tokens do not say."""

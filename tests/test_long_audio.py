@@ -121,3 +121,24 @@ def test_transcribe_cli_long_noise_and_empty_files(tiny_checkpoint, tmp_path, ca
     zero.write_bytes(b"")
     assert main(["transcribe", "--checkpoint", str(tiny_checkpoint), str(zero)]) == 2
     assert str(zero) in capsys.readouterr().err
+
+
+def test_trim_cuts_silence_off_short_clips_and_manifest_cuts(tmp_path):
+    """model.trim_silence: a short clip becomes its speech +-0.1 s in split_long/answer_long (a clip without speech
+    stays whole), and trim_to_speech narrows manifest cuts the same way for training."""
+    from speechlm.data.manifest import Cut
+    from speechlm.inference.long_audio import TRIM_PAD_SECONDS, trim_to_speech
+
+    x = np.concatenate([silence(1.0), tone(2.0), silence(0.3), tone(0.5), silence(1.2)])  # speech 1.0 .. 3.8 s
+    assert split_long(x, 30.0, "energy") == [Piece(0, len(x))]
+    (p,) = split_long(x, 30.0, "energy", trim=True)
+    assert abs(p.start / SR - (1.0 - TRIM_PAD_SECONDS)) < 0.05 and abs(p.end / SR - (3.8 + TRIM_PAD_SECONDS)) < 0.05
+    assert split_long(silence(2.0), 30.0, "energy", trim=True) == [Piece(0, 2 * SR)]
+    seen = []
+    answer_long([x], lambda ws: seen.extend(len(w) for w in ws) or ["a"] * len(ws), 30.0, vad="energy", trim=True)
+    assert seen == [p.end - p.start]
+    path = tmp_path / "x.wav"
+    sf.write(path, x, SR)
+    (c,) = trim_to_speech([Cut(id="x", audio=str(path), duration=len(x) / SR, text="t")], vad="energy")
+    assert abs(c.start - (1.0 - TRIM_PAD_SECONDS)) < 0.05 and abs(c.start + c.duration - (3.8 + TRIM_PAD_SECONDS)) < 0.05
+    assert c.text == "t" and c.id == "x"

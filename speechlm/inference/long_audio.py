@@ -167,9 +167,18 @@ def plan_pieces(n_samples: int, regions: Sequence[Region], max_seconds: float, p
     return pieces
 
 
-def split_long(wave: np.ndarray, max_seconds: float, vad: str = "auto") -> list[Piece]:
+TRIM_PAD_SECONDS = 0.1
+"""With ``trim``, what is kept before the first and after the last speech region (the synthetic corpus keeps the same)."""
+
+
+def split_long(wave: np.ndarray, max_seconds: float, vad: str = "auto", trim: bool = False) -> list[Piece]:
     """Pieces of ``wave`` no longer than ``max_seconds``: the whole wave when it fits, else cut at pauses.
-    Speechless long audio yields no pieces."""
+    Speechless long audio yields no pieces. ``trim``: every piece is cut to its speech +-``TRIM_PAD_SECONDS``, short
+    clips too (a model trained on trimmed clips, ``model.trim_silence``); a clip without speech stays whole."""
+    if trim:
+        regions = speech_regions(wave, vad)
+        if regions:
+            return plan_pieces(len(wave), regions, max_seconds, pad_seconds=TRIM_PAD_SECONDS)
     if len(wave) <= max_seconds * SAMPLE_RATE:
         return [Piece(0, len(wave))]
     return plan_pieces(len(wave), speech_regions(wave, vad), max_seconds)
@@ -185,10 +194,11 @@ def stitch(pieces: Sequence[Piece], texts: Sequence[str]) -> tuple[str, list[Seg
 
 
 def answer_long(waves: Sequence[np.ndarray], answer: Callable[[list[np.ndarray]], list[str]], max_seconds: float,
-                vad: str = "auto", skip_silence: bool = False) -> list[tuple[str, list[Segment]]]:
+                vad: str = "auto", skip_silence: bool = False, trim: bool = False) -> list[tuple[str, list[Segment]]]:
     """Answer each wave through ``answer`` (a batch call), splitting long ones at pauses and stitching.
 
     ``skip_silence``: a wave in which the VAD finds no speech gets "" without reaching the model.
+    ``trim``: leading and trailing silence is cut off every piece (:func:`split_long`).
     All pieces of all waves go through ``answer`` in one call, so its batching still applies.
     """
     plans: list[list[Piece]] = []
@@ -196,13 +206,33 @@ def answer_long(waves: Sequence[np.ndarray], answer: Callable[[list[np.ndarray]]
         if skip_silence and not has_speech(w, vad):
             plans.append([])
         else:
-            plans.append(split_long(w, max_seconds, vad))
+            plans.append(split_long(w, max_seconds, vad, trim))
     flat = [w[p.start:p.end] for w, plan in zip(waves, plans) for p in plan]
     texts = answer(flat) if flat else []
     out, k = [], 0
     for plan in plans:
         out.append(stitch(plan, texts[k:k + len(plan)]))
         k += len(plan)
+    return out
+
+
+def trim_to_speech(cuts: Sequence, vad: str = "auto", pad_seconds: float = TRIM_PAD_SECONDS) -> list:
+    """Manifest cuts narrowed to their speech +-``pad_seconds`` (``start``/``duration`` change; no audio is written).
+    A cut without detected speech is kept whole. What ``model.trim_silence`` trains on."""
+    import dataclasses
+
+    from speechlm.data.audio import load_audio
+
+    out = []
+    for c in cuts:
+        wave = load_audio(c.audio, start=c.start, duration=c.duration)
+        regions = speech_regions(wave, vad)
+        if not regions:
+            out.append(c)
+            continue
+        lo = max(0.0, regions[0][0] / SAMPLE_RATE - pad_seconds)
+        hi = min(len(wave) / SAMPLE_RATE, regions[-1][1] / SAMPLE_RATE + pad_seconds)
+        out.append(dataclasses.replace(c, start=round(c.start + lo, 4), duration=round(hi - lo, 4)))
     return out
 
 

@@ -77,7 +77,8 @@ class Transcriber:
     def with_segments(self, waves: Sequence[np.ndarray]) -> list[tuple[str, list[Segment]]]:
         """Each clip's answer and its segments (one per piece a long clip was split into)."""
         check_waves(waves)
-        return answer_long(waves, self.answer_pieces, self.max_audio_seconds, vad=self.vad, skip_silence=self.skip_silence)
+        return answer_long(waves, self.answer_pieces, self.max_audio_seconds, vad=self.vad, skip_silence=self.skip_silence,
+                           trim=self.model.trim_silence)
 
     def answer_pieces(self, waves: Sequence[np.ndarray]) -> list[str]:
         """Answers for clips that already fit the encoder."""
@@ -111,7 +112,7 @@ class CTCTranscriber:
 
     def __call__(self, waves: Sequence[np.ndarray]) -> list[str]:
         check_waves(waves)
-        return [t for t, _ in answer_long(waves, self._pieces, WHISPER_SECONDS)]
+        return [t for t, _ in answer_long(waves, self._pieces, WHISPER_SECONDS, trim=self.model.trim_silence)]
 
     def _pieces(self, waves: Sequence[np.ndarray]) -> list[str]:
         device = next(self.model.adapter.parameters()).device

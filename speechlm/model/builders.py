@@ -138,7 +138,8 @@ def build_speechlm(cfg: ModelConfig, seed: int = 0, device: str | torch.device |
     model = SpeechLM(encoder, adapter, llm, tokenizer, audio_token=cfg.audio_token, system_prompt=cfg.system_prompt,
                      ctc=ctc, compress_audio=cfg.compress_audio, posterior_input=cfg.posterior_input,
                      ctc_length_budget=cfg.ctc_length_budget, label_head=label_head,
-                     ctc_decode_weight=cfg.ctc_decode_weight, ctc_decode_candidates=cfg.ctc_decode_candidates)
+                     ctc_decode_weight=cfg.ctc_decode_weight, ctc_decode_candidates=cfg.ctc_decode_candidates,
+                     trim_silence=cfg.trim_silence)
     with torch.no_grad():  # fp32 master weights for everything trained (unfrozen encoder layers loaded in dtype)
         for p in model.parameters():
             if p.requires_grad and p.dtype != torch.float32:

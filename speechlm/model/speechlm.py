@@ -110,7 +110,7 @@ class SpeechLM(nn.Module):
     def __init__(self, encoder: nn.Module, adapter: nn.Module, llm: nn.Module, tokenizer, audio_token: str = "<|audio|>",
                  system_prompt: str = "", ctc: nn.Module | None = None, compress_audio: bool = False,
                  posterior_input: bool = False, ctc_length_budget: float = 0.0, label_head: nn.Module | None = None,
-                 ctc_decode_weight: float = 0.0, ctc_decode_candidates: int = 8):
+                 ctc_decode_weight: float = 0.0, ctc_decode_candidates: int = 8, trim_silence: bool = False):
         super().__init__()
         self.encoder = encoder
         self.adapter = adapter
@@ -130,6 +130,7 @@ class SpeechLM(nn.Module):
             raise ValueError("ctc_decode_weight > 0 (joint CTC/LLM decoding) needs a CTC head")
         self.ctc_decode_weight = ctc_decode_weight  # joint CTC/LLM decoding of transcripts (speechlm.model.ctc_prefix)
         self.ctc_decode_candidates = ctc_decode_candidates  # LLM tokens the CTC scores per step
+        self.trim_silence = trim_silence  # inference cuts leading/trailing silence off every clip (model.trim_silence)
         # the parts of the last forward's loss, for the training log: detached tensors (reading a float here would
         # wait for the GPU every step; the loop adds them up on the device and reads them at log steps)
         self.last_losses: dict[str, torch.Tensor | int] = {}

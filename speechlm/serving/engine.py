@@ -122,7 +122,7 @@ class Engine:
         """Pieces to answer: none for a speech task on audio without speech, several for long audio."""
         if task.labels is None and not has_speech(wave, self.vad):
             return []
-        return split_long(wave, self.max_audio_seconds, self.vad)
+        return split_long(wave, self.max_audio_seconds, self.vad, trim=self.model.trim_silence)
 
     def submit(self, wave: np.ndarray, pieces: list[Piece], task: Task, instruction: str, max_tokens: int | None,
                temperature: float, constrained: bool = False) -> list[Job]:
