@@ -283,7 +283,7 @@ def write_folder(model: SpeechLM, cfg: RecipeConfig, ckpt: Path, tmp: Path, merg
         ctc_head=model.ctc is not None, ctc_vocab=ctc_vocab, compress_audio=model.compress_audio,
         posterior_input=model.posterior_input, ctc_length_budget=model.ctc_length_budget if model.ctc is not None else 0.0,
         ctc_decode_weight=model.ctc_decode_weight if model.ctc is not None else 0.0,
-        ctc_decode_candidates=model.ctc_decode_candidates,
+        ctc_decode_candidates=model.ctc_decode_candidates, trim_silence=model.trim_silence,
         audio_token=cfg.model.audio_token, audio_token_id=audio_token_id,
         system_prompt=cfg.model.system_prompt, prompt_example=prompt_example,
         max_audio_seconds=cfg.model.max_audio_seconds, sampling_rate=16000, tasks=tasks, default_task=default_task, trained_tasks=trained,

@@ -31,6 +31,8 @@ class SpeechLMConfig(PretrainedConfig):
         ctc_decode_weight, ctc_decode_candidates: with a CTC head, a transcript is decoded jointly with the CTC prefix
             score (``ctc_prefix.py``): per step the LLM's top ``ctc_decode_candidates`` tokens scored by
             (1 - w) log p_LLM + w x the CTC prefix score's increment; 0: off.
+        trim_silence: the model was trained on clips cut to their speech +-0.1 s, and ``speechlm`` cuts leading and
+            trailing silence off every clip before it (a VAD). This remote code does not: trim clips before calling it.
         audio_token, audio_token_id: the placeholder in the chat prompt replaced by the audio frames.
         system_prompt: the system turn ("" sends an empty one; "default" leaves the chat template's own).
         prompt_example: the default task's prompt as the LLM reads it, audio placeholder included (for reading only;
@@ -49,7 +51,7 @@ class SpeechLMConfig(PretrainedConfig):
                  adapter: dict | None = None, pad_audio_to_30s: bool = False, ctc_head: bool = False,
                  ctc_vocab: list | None = None, compress_audio: bool = False, posterior_input: bool = False,
                  ctc_length_budget: float = 0.0, ctc_decode_weight: float = 0.0, ctc_decode_candidates: int = 8,
-                 audio_token: str = "<|audio|>", audio_token_id: int | None = None, system_prompt: str = "",
+                 trim_silence: bool = False, audio_token: str = "<|audio|>", audio_token_id: int | None = None, system_prompt: str = "",
                  prompt_example: str = "",
                  max_audio_seconds: float = 30.0, sampling_rate: int = 16000, tasks: dict | None = None,
                  default_task: str = "asr", trained_tasks: list | None = None, lora_adapter: dict | None = None,
@@ -67,6 +69,7 @@ class SpeechLMConfig(PretrainedConfig):
         self.ctc_length_budget = float(ctc_length_budget)
         self.ctc_decode_weight = float(ctc_decode_weight)
         self.ctc_decode_candidates = int(ctc_decode_candidates)
+        self.trim_silence = bool(trim_silence)
         self.audio_token = audio_token
         self.audio_token_id = audio_token_id
         self.system_prompt = system_prompt
