@@ -1,7 +1,7 @@
 """Joint CTC/LLM decoding: the CTC head's prefix probability steers the LLM's search, token by token.
 
-Legend: B clips, R rows of the search (clips x beams, a clip's beams adjacent), A adapter frames, C+1 CTC classes (blank last), V LLM vocabulary,
-K candidate tokens scored per row and step.
+Legend: B clips, R rows of the search (clips x beams, a clip's beams adjacent), A adapter frames, C+1 CTC classes
+(blank last), V LLM vocabulary, K candidate tokens scored per row and step.
 
 The CTC head (speechlm.model.ctc) scores the LLM's own tokens, so the CTC prefix probability of any partial LLM
 answer can be computed exactly and added to the LLM's score, as in hybrid CTC/attention decoding (Watanabe et
@@ -11,13 +11,13 @@ al. 2017, "Hybrid CTC/Attention Architecture for End-to-End Speech Recognition",
     score(c) = (1 - w) log p_LLM(c | prefix) + w (log psi(prefix + c) - log psi(prefix))
 
 psi(g) is the probability that the clip's collapsed CTC labelling *starts with* g (Graves 2012, sec. 7.3);
-for the end of turn it is the probability that the labelling *is* g. The candidates are the LLM's top K plus
-every token the CTC ranks first at some frame of the clip or gives a posterior of at least 0.05 there: with the LLM's top K alone, a word the LLM
-does not expect could never be written, and the turn would end early ("in being a m" for "in being
-comparatively modern", run F). The LLM keeps its fluency and knowledge of
-words; the CTC keeps it on the audio: a word the audio does not hold costs the prefix probability, and ending
-before the audio is covered (or running past it) costs the end-of-turn term. Tokens outside the CTC head's
-vocabulary get a CTC score of -inf, so with w > 0 the transcript is written in tokens the head knows.
+for the end of turn it is the probability that the labelling *is* g. The candidates are the LLM's top K plus every
+token the CTC ranks first at some frame of the clip or gives a posterior of at least 0.05 there: with the LLM's top
+K alone, a word the LLM does not expect could never be written, and the turn would end early ("in being a m" for
+"in being comparatively modern", run F). The LLM keeps its fluency and knowledge of words; the CTC keeps it on the
+audio: a word the audio does not hold costs the prefix probability, and ending before the audio is covered (or
+running past it) costs the end-of-turn term. Tokens outside the CTC head's vocabulary get a CTC score of -inf, so
+with w > 0 the transcript is written in tokens the head knows.
 
 Forward variables per prefix (log space): r[t, 0] = log P(frames 0..t give g, ending in a non-blank),
 r[t, 1] = ... ending in a blank. A prefix's variables come from its parent's in one pass over the frames,
