@@ -142,3 +142,15 @@ def test_trim_cuts_silence_off_short_clips_and_manifest_cuts(tmp_path):
     (c,) = trim_to_speech([Cut(id="x", audio=str(path), duration=len(x) / SR, text="t")], vad="energy")
     assert abs(c.start - (1.0 - TRIM_PAD_SECONDS)) < 0.05 and abs(c.start + c.duration - (3.8 + TRIM_PAD_SECONDS)) < 0.05
     assert c.text == "t" and c.id == "x"
+
+
+def test_silero_leaves_torch_threads_alone():
+    """silero_vad's module sets torch's thread count to 1 when imported; loading it through us must not (the demo
+    trims its training clips with it, then trains)."""
+    import torch
+
+    if not silero_available():
+        pytest.skip("silero-vad with onnxruntime is not installed")
+    before = torch.get_num_threads()
+    speech_regions(silence(0.5), "silero")
+    assert torch.get_num_threads() == before

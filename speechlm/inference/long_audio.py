@@ -64,9 +64,15 @@ def _silero_model():
     # the wrapper imports onnxruntime lazily; find out here, not in the middle of a request
     if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("silero_vad") is None:
         return None
-    from silero_vad import load_silero_vad
+    import torch
 
-    return load_silero_vad(onnx=True)
+    threads = torch.get_num_threads()
+    try:  # silero_vad's model module calls torch.set_num_threads(1) when imported: training would run on one core
+        from silero_vad import get_speech_timestamps, load_silero_vad  # noqa: F401  (both modules imported here)
+
+        return load_silero_vad(onnx=True)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def silero_available() -> bool:
