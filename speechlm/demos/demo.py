@@ -110,12 +110,11 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
     root = real_data_root()
     if root is not None:
         splits = prepare_real_splits(root, data / "real", seed=seed, max_train_per_source=real_per_source)
-        real_train = read_manifest(splits["train"])
-        if recipe_cfg.model.trim_silence:  # the model hears clips cut to their speech, in training as in inference
-            from speechlm.inference.long_audio import trim_to_speech
+        from speechlm.inference.long_audio import trim_to_speech
 
-            real_train = trim_to_speech(real_train)
-        train_cuts += real_train
+        # with model.trim_silence the model hears clips cut to their speech, in training as in inference
+        trim = trim_to_speech if recipe_cfg.model.trim_silence else list
+        train_cuts += trim(read_manifest(splits["train"]))
         test = read_manifest(splits["test"])
         for corpus in sorted({c.labels.get("corpus", c.id.split("/")[0]) for c in test}):
             subsets[f"held-out {corpus}"] = _sample([c for c in test if c.labels.get("corpus", c.id.split("/")[0]) == corpus], eval_per_subset, seed)
@@ -125,10 +124,7 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
 
             pseudo = read_manifest(pseudo_label_manifest(root / "manifest.jsonl", data / "real" / "pseudo.jsonl",
                                                          id_prefix="librispeech/"))
-            if recipe_cfg.model.trim_silence:
-                from speechlm.inference.long_audio import trim_to_speech
-
-                pseudo = trim_to_speech(pseudo)  # before the copies, which then start and end at the speech too
+            pseudo = trim(pseudo)  # before the copies, which then start and end at the speech too
             print(f"[speechlm demo] {len(pseudo)} real clips pseudo-labelled by Whisper tiny.en "
                   f"({sum(c.duration for c in pseudo) / 60:.1f} min)", flush=True)
             train_cuts += pseudo

@@ -68,9 +68,9 @@ def _silero_model():
 
     threads = torch.get_num_threads()
     try:  # silero_vad's model module calls torch.set_num_threads(1) when imported: training would run on one core
-        from silero_vad import get_speech_timestamps, load_silero_vad  # noqa: F401  (both modules imported here)
+        import silero_vad  # its package imports the model and utility modules
 
-        return load_silero_vad(onnx=True)
+        return silero_vad.load_silero_vad(onnx=True)
     finally:
         torch.set_num_threads(threads)
 
@@ -177,17 +177,19 @@ TRIM_PAD_SECONDS = 0.1
 """With ``trim``, what is kept before the first and after the last speech region (the synthetic corpus keeps the same)."""
 
 
-def split_long(wave: np.ndarray, max_seconds: float, vad: str = "auto", trim: bool = False) -> list[Piece]:
+def split_long(wave: np.ndarray, max_seconds: float, vad: str = "auto", trim: bool = False,
+               regions: Sequence[Region] | None = None) -> list[Piece]:
     """Pieces of ``wave`` no longer than ``max_seconds``: the whole wave when it fits, else cut at pauses.
     Speechless long audio yields no pieces. ``trim``: every piece is cut to its speech +-``TRIM_PAD_SECONDS``, short
-    clips too (a model trained on trimmed clips, ``model.trim_silence``); a clip without speech stays whole."""
+    clips too (a model trained on trimmed clips, ``model.trim_silence``); a clip without speech stays whole.
+    ``regions``: the wave's speech regions when the caller has them already (the VAD then does not run again)."""
     if trim:
-        regions = speech_regions(wave, vad)
+        regions = speech_regions(wave, vad) if regions is None else regions
         if regions:
             return plan_pieces(len(wave), regions, max_seconds, pad_seconds=TRIM_PAD_SECONDS)
     if len(wave) <= max_seconds * SAMPLE_RATE:
         return [Piece(0, len(wave))]
-    return plan_pieces(len(wave), speech_regions(wave, vad), max_seconds)
+    return plan_pieces(len(wave), speech_regions(wave, vad) if regions is None else regions, max_seconds)
 
 
 def stitch(pieces: Sequence[Piece], texts: Sequence[str]) -> tuple[str, list[Segment]]:
@@ -209,10 +211,11 @@ def answer_long(waves: Sequence[np.ndarray], answer: Callable[[list[np.ndarray]]
     """
     plans: list[list[Piece]] = []
     for w in waves:
-        if skip_silence and not has_speech(w, vad):
+        regions = speech_regions(w, vad) if (skip_silence or trim) and len(w) else None  # the VAD runs once a wave
+        if skip_silence and not regions:
             plans.append([])
         else:
-            plans.append(split_long(w, max_seconds, vad, trim))
+            plans.append(split_long(w, max_seconds, vad, trim, regions))
     flat = [w[p.start:p.end] for w, plan in zip(waves, plans) for p in plan]
     texts = answer(flat) if flat else []
     out, k = [], 0

@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Callable
 import numpy as np
 import torch
 
-from speechlm.inference.long_audio import Piece, Segment, has_speech, split_long, stitch
+from speechlm.inference.long_audio import SAMPLE_RATE, Piece, Segment, speech_regions, split_long, stitch
 from speechlm.inference.transcribe import stream_generate
 from speechlm.model.speechlm import PromptIds, SpeechLM
 from speechlm.serving.batching import END, DynamicBatcher, Job
@@ -120,9 +120,12 @@ class Engine:
 
     def plan(self, wave: np.ndarray, task: Task) -> list[Piece]:
         """Pieces to answer: none for a speech task on audio without speech, several for long audio."""
-        if task.labels is None and not has_speech(wave, self.vad):
+        regions = None  # the VAD runs at most once, and only when something needs it
+        if task.labels is None or self.model.trim_silence or len(wave) > self.max_audio_seconds * SAMPLE_RATE:
+            regions = speech_regions(wave, self.vad) if len(wave) else []
+        if task.labels is None and not regions:
             return []
-        return split_long(wave, self.max_audio_seconds, self.vad, trim=self.model.trim_silence)
+        return split_long(wave, self.max_audio_seconds, self.vad, trim=self.model.trim_silence, regions=regions)
 
     def submit(self, wave: np.ndarray, pieces: list[Piece], task: Task, instruction: str, max_tokens: int | None,
                temperature: float, constrained: bool = False) -> list[Job]:
