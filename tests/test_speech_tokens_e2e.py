@@ -21,7 +21,7 @@ def tokenizer_dir(tmp_path_factory):
     assert main(["prepare", "units", str(manifest), str(root / "tok"), "--set", "units.k=12", "units.layer=2",
                  "units.acoustic_streams=2", "units.acoustic_k=8"]) == 0
     assert main(["prepare", "vocoder", str(manifest), str(root / "tok"), "--set", "vocoder.max_steps=6",
-                 "vocoder.hidden=32", "vocoder.layers=1", "vocoder.threads=1"]) == 0
+                 "vocoder.hidden=32", "vocoder.layers=1", "vocoder.threads=1", "vocoder.speaker_perturb=1"]) == 0
     return root / "tok", manifest
 
 
@@ -35,6 +35,7 @@ def test_prepare_units_writes_a_self_contained_folder(tokenizer_dir):
         assert [s[0] for s in r["streams"]] == r["units"] and max(r["units"]) < 12
     log = json.loads((tok / "prepare.json").read_text())
     assert log["units"]["fit_seconds"] > 0 and log["vocoder"]["clips"] == 8
+    assert log["vocoder"]["re_voiced"] == 8  # vocoder.speaker_perturb=1: one re-voiced copy of each clip
     assert (tok / "vocoder" / "vocoder.json").exists()
 
 
@@ -50,6 +51,15 @@ def test_resynth_ladder_scores_every_rung(tokenizer_dir, tmp_path):
     samples = tmp_path / "ladder" / "samples" / "manifest"
     assert (samples / "00.png").exists() and (samples / "00-units.wav").exists()
     assert "| manifest | copy-world |" in (tmp_path / "ladder" / "ladder.md").read_text()
+
+
+def test_resynth_scores_only_the_chosen_rungs(tokenizer_dir, tmp_path):
+    tok, manifest = tokenizer_dir
+    assert main(["resynth", str(tok), "--manifest", str(manifest), "--n", "1", "--samples", "0", "--rungs",
+                 "units,units+dur", "--out", str(tmp_path / "ladder")]) == 0
+    rungs = json.loads((tmp_path / "ladder" / "ladder.json").read_text())["subsets"]["manifest"]
+    assert set(rungs) == {"original", "units", "units+dur"}  # the original is always scored: the judge's floor
+    assert main(["resynth", str(tok), "--manifest", str(manifest), "--rungs", "unit"]) == 2
 
 
 def test_vocoder_from_another_tokenizer_is_refused(tokenizer_dir, tmp_path):

@@ -110,6 +110,25 @@ def test_copy_synthesis_is_transcribed_by_whisper(digit_clip):
     assert [normalize_english(t) for t in texts] == [DIGITS[2]] * 3, texts
 
 
+@needs_espeak
+def test_perturb_speaker_moves_pitch_and_formants_in_the_same_time(tmp_path):
+    clip = _espeak("en-us+f3", DIGITS[1], tmp_path)  # a female voice (~200 Hz): x0.6 stays above WORLD's 71-Hz floor
+    f0, sp, _ = world.analyze(clip)
+    for f0_factor, formant in ((0.6, 0.86), (1.5, 1.13)):
+        y = world.perturb_speaker(clip, f0_factor, formant)
+        assert y.shape == clip.shape and y.dtype == np.float32
+        assert np.isclose(np.abs(y).max(), np.abs(clip).max(), rtol=1e-4)
+        g, sq, _ = world.analyze(y)
+        both = (f0 > 0) & (g > 0)
+        assert both.mean() > 0.5 * (f0 > 0).mean()  # voicing kept where it was
+        assert np.median(g[both] / f0[both]) == pytest.approx(f0_factor, rel=0.1)
+        bins = np.arange(sp.shape[1])
+        centroid = lambda e: float(((e * bins).sum(1) / e.sum(1))[f0 > 0].mean())  # noqa: E731
+        assert (centroid(sq) > centroid(sp)) == (formant > 1)
+    warped = world.warp_envelope(sp, 1.0)
+    assert np.allclose(warped, sp)
+
+
 # ------------------------------------------------------------------------------------------ unit vocoder
 
 

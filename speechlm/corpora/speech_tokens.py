@@ -98,12 +98,47 @@ def prepare_vocoder(manifest: Path, tokenizer_dir: Path, cfg: VocoderConfig, pro
         for seq, wave in zip(tokenizer.encode_batch(waves[i:i + 16], [c.source or c.id for c in cuts[i:i + 16]]), waves[i:i + 16]):
             units, durations = unit_runs(tokenizer, seq)
             examples.append((units, durations, wave))
+    if cfg.speaker_perturb:
+        examples += perturbed_examples(tokenizer, cuts, waves, cfg, progress)
     tok_s = time.time() - t0
     train_vocoder(examples, k=tokenizer.k, tokenizer_hash=tokenizer.hash, cfg=cfg, out=tokenizer_dir, progress=progress)
-    _log(tokenizer_dir, "vocoder", {"manifest": str(manifest), "config": dataclasses.asdict(cfg), "clips": len(examples),
+    _log(tokenizer_dir, "vocoder", {"manifest": str(manifest), "config": dataclasses.asdict(cfg), "clips": len(waves),
+                                    "re_voiced": len(examples) - len(waves),
                                     "hours": round(sum(len(w) for w in waves) / 16000 / 3600, 3),
                                     "tokenize_seconds": round(tok_s, 1), "train_seconds": round(time.time() - t0 - tok_s, 1)})
     return {"vocoder": tokenizer_dir / "vocoder"}
+
+
+PERTURB_F0 = (0.5, 1.7)  # F0 factor range, log-uniform: slt (~180 Hz) to ~90 Hz male and ~300 Hz child voices
+PERTURB_FORMANT_EXPONENT = 0.3  # formant factor = F0 factor^0.3 (x 0.85 at half the pitch: a male vocal tract)
+PERTURB_FORMANT_JITTER = 0.05  # and x exp(N(0, 0.05)), so pitch and vocal tract do not move in lockstep
+
+
+def perturbed_examples(tokenizer, cuts: list, waves: list[np.ndarray], cfg: VocoderConfig,
+                       progress: bool = True) -> list[tuple]:
+    """``cfg.speaker_perturb`` re-voiced copies of each clip (:func:`speechlm.vocoders.world.perturb_speaker`),
+    tokenized: (their units, their run lengths, the *original* wave), so the vocoder maps another voice's units
+    to its own voice's features. Seeded by ``cfg.seed``."""
+    from tqdm.auto import tqdm
+
+    from speechlm.tokenizers.dedup import unit_runs
+    from speechlm.vocoders.world import perturb_speaker
+
+    rng = np.random.default_rng(cfg.seed + 1)
+    jobs = []  # (clip index, F0 factor, formant factor)
+    for i in range(len(waves)):
+        for _ in range(cfg.speaker_perturb):
+            f0 = float(np.exp(rng.uniform(*np.log(PERTURB_F0))))
+            jobs.append((i, f0, f0 ** PERTURB_FORMANT_EXPONENT * float(np.exp(rng.normal(0, PERTURB_FORMANT_JITTER)))))
+    out = []
+    for j in tqdm(range(0, len(jobs), 16), desc="re-voicing and tokenizing", unit="batch", disable=not progress):
+        batch = jobs[j:j + 16]
+        voiced = [perturb_speaker(waves[i], f0, fm, cfg.f0_method) for i, f0, fm in batch]
+        names = [f"{cuts[i].source or cuts[i].id} (re-voiced F0 x{f0:.2f}, formants x{fm:.2f})" for i, f0, fm in batch]
+        for seq, (i, _, _) in zip(tokenizer.encode_batch(voiced, names), batch):
+            units, durations = unit_runs(tokenizer, seq)
+            out.append((units, durations, waves[i]))
+    return out
 
 
 def _log(folder: Path, part: str, info: dict) -> None:

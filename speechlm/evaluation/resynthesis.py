@@ -29,18 +29,25 @@ RUNGS = ("original", "copy-world", "copy-griffinlim", "units", "units+dur", "aco
 QUALITY = ("mcd_db", "f0_rmse_hz", "vuv_error", "stoi", "speaker_sim")
 
 
-def rung_audio(tokenizer: Any, vocoder: Any, wave: np.ndarray, backend: str = "world") -> dict[str, np.ndarray]:
-    """Every rung's audio for one 16-kHz clip (rungs the tokenizer/vocoder cannot make are left out)."""
+def rung_audio(tokenizer: Any, vocoder: Any, wave: np.ndarray, backend: str = "world",
+               rungs: tuple[str, ...] = RUNGS) -> dict[str, np.ndarray]:
+    """The audio of each of ``rungs`` for one 16-kHz clip (rungs the tokenizer/vocoder cannot make are left out)."""
     from speechlm.tokenizers.dedup import unit_runs
     from speechlm.vocoders import griffinlim, world
 
-    out = {"original": wave, "copy-world": world.copy_synthesis(wave), "copy-griffinlim": griffinlim.copy_synthesis(wave)}
+    out = {"original": wave}
+    if "copy-world" in rungs:
+        out["copy-world"] = world.copy_synthesis(wave)
+    if "copy-griffinlim" in rungs:
+        out["copy-griffinlim"] = griffinlim.copy_synthesis(wave)
     seq = tokenizer.encode(wave)
-    if vocoder is not None:
+    if vocoder is not None and {"units", "units+dur"} & set(rungs):
         units, durations = unit_runs(tokenizer, seq)
-        out["units"] = vocoder.synthesize(units, durations, backend=backend)
-        out["units+dur"] = vocoder.synthesize(units, None, backend=backend)
-    if getattr(seq, "streams", None) is not None:
+        if "units" in rungs:
+            out["units"] = vocoder.synthesize(units, durations, backend=backend)
+        if "units+dur" in rungs:
+            out["units+dur"] = vocoder.synthesize(units, None, backend=backend)
+    if getattr(seq, "streams", None) is not None and "acoustic" in rungs:
         decoded = tokenizer.decode(seq)  # log-mel [2F, 80] (residual k-means) or a wave (neural codec)
         out["acoustic"] = griffinlim.griffin_lim(decoded) if np.asarray(decoded).ndim == 2 else decoded
     return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
@@ -48,9 +55,10 @@ def rung_audio(tokenizer: Any, vocoder: Any, wave: np.ndarray, backend: str = "w
 
 def run_ladder(tokenizer: Any, vocoder: Any, subsets: dict[str, list], out: Path, backend: str = "world",
                samples: int = 2, asr: Callable[[list[np.ndarray]], list[str]] | None = None,
-               progress: bool = True) -> dict[str, Any]:
-    """Score every rung on every subset; write ``ladder.json``, ``ladder.md``, ``results.jsonl`` and, for the
-    first ``samples`` clips of each subset, each rung's WAV and a spectrogram PNG under ``out/samples``."""
+               progress: bool = True, rungs: tuple[str, ...] = RUNGS) -> dict[str, Any]:
+    """Score each of ``rungs`` (default all; ``original`` always) on every subset; write ``ladder.json``,
+    ``ladder.md``, ``results.jsonl`` and, for the first ``samples`` clips of each subset, each rung's WAV and a
+    spectrogram PNG under ``out/samples``."""
     from tqdm.auto import tqdm
 
     from speechlm.data.audio import load_audio, write_audio
@@ -70,15 +78,15 @@ def run_ladder(tokenizer: Any, vocoder: Any, subsets: dict[str, list], out: Path
         for i, cut in enumerate(tqdm(cuts, desc=f"resynthesis {subset}", unit="clip", disable=not progress)):
             t = time.time()
             wave = load_audio(cut.audio, start=cut.start, duration=cut.duration)
-            rungs = rung_audio(tokenizer, vocoder, wave, backend)
+            made = rung_audio(tokenizer, vocoder, wave, backend, rungs)
             timing["synthesis_s"] += time.time() - t
-            for name, w in rungs.items():
+            for name, w in made.items():
                 audio.setdefault(name, [None] * len(cuts))[i] = w
             if i < samples:
                 folder = out / "samples" / subset.replace(" ", "_").replace("/", "_")
-                for name, w in rungs.items():
+                for name, w in made.items():
                     write_audio(folder / f"{i:02d}-{name}.wav", w, 16000)
-                spectrogram_png(rungs, folder / f"{i:02d}.png", title=f"{subset}: {cut.text[:60]}")
+                spectrogram_png(made, folder / f"{i:02d}.png", title=f"{subset}: {cut.text[:60]}")
         refs = [c.text for c in cuts]
         summary[subset] = {}
         for name in RUNGS:
@@ -127,7 +135,7 @@ def ladder_markdown(result: dict[str, Any]) -> str:
 
 
 def resynth(tokenizer: str, manifest: list[str] = (), out: str = "", n: int = 30, backend: str = "world",
-            samples: int = 2, seed: int = 0) -> dict:
+            samples: int = 2, seed: int = 0, rungs: str = "") -> dict:
     """Score the resynthesis ladder of a tokenizer folder (its units, its vocoder) on held-out manifests.
 
     tokenizer: tokenizer folder from `speechlm prepare units` (with its vocoder from `speechlm prepare vocoder`).
@@ -137,6 +145,8 @@ def resynth(tokenizer: str, manifest: list[str] = (), out: str = "", n: int = 30
     backend: vocoder back end: world or griffinlim.
     samples: clips per subset whose WAVs and spectrogram PNGs are kept.
     seed: seed of the clip sample.
+    rungs: the rungs to score, comma-separated (default all): original, copy-world, copy-griffinlim, units,
+    units+dur, acoustic.
     """
     import random
 
@@ -145,6 +155,10 @@ def resynth(tokenizer: str, manifest: list[str] = (), out: str = "", n: int = 30
 
     if not manifest:
         raise ValueError("usage: speechlm resynth TOKENIZER_DIR --manifest test.jsonl [more.jsonl ...]")
+    chosen = tuple(r.strip() for r in rungs.split(",") if r.strip()) or RUNGS
+    unknown = [r for r in chosen if r not in RUNGS]
+    if unknown:
+        raise ValueError(f"--rungs: unknown {unknown}; choose from {', '.join(RUNGS)}")
     tok, voc = load_speech_tokens(tokenizer)
     subsets = {}
     for m in manifest:
@@ -154,7 +168,8 @@ def resynth(tokenizer: str, manifest: list[str] = (), out: str = "", n: int = 30
         if n and len(cuts) > n:
             cuts = random.Random(seed).sample(cuts, n)
         subsets[Path(m).stem] = cuts
-    result = run_ladder(tok, voc, subsets, Path(out or Path(tokenizer) / "ladder"), backend=backend, samples=samples)
+    result = run_ladder(tok, voc, subsets, Path(out or Path(tokenizer) / "ladder"), backend=backend, samples=samples,
+                        rungs=chosen)
     print(ladder_markdown(result))
     return result
 

@@ -59,7 +59,7 @@ def expected_unit_frames(num_samples: int) -> int:
 
 
 def _targets(examples: Sequence[Example], k: int, cfg: VocoderConfig, progress: bool) -> list[_Clip]:
-    clips = []
+    clips, cache = [], {}
     t0 = time.time()
     for i, (units, durations, wave) in enumerate(examples):
         units = np.asarray(units, dtype=np.int64).reshape(-1)
@@ -71,13 +71,16 @@ def _targets(examples: Sequence[Example], k: int, cfg: VocoderConfig, progress: 
             raise ValueError(f"example {i}: units must lie in 0..{k - 1} (k = {k}), got {units.min()}..{units.max()}")
         if durations.min() < 1:
             raise ValueError(f"example {i}: durations must be >= 1, got {durations.min()}")
-        feats = world.world_features(wave, cfg.f0_method, cfg.envelope_dims)  # [T, W]
-        mel = log_mel(wave)  # [T, M]
+        key = id(examples[i][2])  # re-voiced copies (VocoderConfig.speaker_perturb) share their original's wave
+        if key not in cache:
+            cache[key] = (torch.from_numpy(world.world_features(wave, cfg.f0_method, cfg.envelope_dims)),  # [T, W]
+                          log_mel(wave))  # [T, M]
+        feats, mel = cache[key]
         t = len(mel)
         if abs(2 * int(durations.sum()) - t) > 2:  # 2F is T - 1 or T when the durations describe this wave
             raise ValueError(f"example {i}: durations sum to {int(durations.sum())} 50-Hz frames but the wave has "
                              f"{wave.size} samples (expected {expected_unit_frames(wave.size)} frames): units of another clip?")
-        clips.append(_Clip(torch.from_numpy(units), torch.from_numpy(durations), torch.from_numpy(feats), mel,
+        clips.append(_Clip(torch.from_numpy(units), torch.from_numpy(durations), feats, mel,
                            wave.size / SAMPLE_RATE))
         if progress and (i + 1) % 50 == 0:
             print(f"vocoder targets: {i + 1}/{len(examples)} clips, {time.time() - t0:.0f} s", file=sys.stderr, flush=True)

@@ -177,6 +177,34 @@ def synthesize(features: np.ndarray, envelope_dims: int = ENVELOPE_DIMS, num_sam
     return y.astype(np.float32)
 
 
+def warp_envelope(sp: np.ndarray, factor: float) -> np.ndarray:
+    """Envelope [T, S] with its frequency axis stretched by ``factor`` (> 1: formants move up, as from a longer to
+    a shorter vocal tract): output bin s reads the input at s / factor, linearly interpolated."""
+    s = sp.shape[1]
+    src = np.clip(np.arange(s) / factor, 0, s - 1)  # [S]
+    lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, s - 1)
+    frac = (src - lo)[None]  # [1, S]
+    return sp[:, lo] * (1 - frac) + sp[:, hi] * frac  # [T, S]
+
+
+def perturb_speaker(wave: np.ndarray, f0_factor: float, formant_factor: float, f0_method: str = "dio") -> np.ndarray:
+    """The same words, in the same time, by a voice of another pitch and vocal-tract length: WORLD analysis, F0
+    scaled by ``f0_factor``, the spectral envelope's frequency axis by ``formant_factor``, synthesis. ContentVec's
+    speaker perturbation (Qian et al. 2022, formant and pitch shifts) made with WORLD instead of Praat.
+    Returns float32 [N], the input's length and peak level; frame-exact, so the clip's 50-Hz units line up with
+    the original's features."""
+    pw = load_pyworld()
+    wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+    f0, sp, ap = analyze(wave, f0_method)  # [T], [T, S], [T, S]
+    f0 = np.where(f0 > 0, np.clip(f0 * f0_factor, F0_FLOOR, F0_CEIL), 0.0)
+    sp = np.ascontiguousarray(warp_envelope(sp, formant_factor))
+    y = pw.synthesize(np.ascontiguousarray(f0), sp, np.ascontiguousarray(ap), SAMPLE_RATE, FRAME_PERIOD_MS)
+    y = y[:wave.size] if len(y) >= wave.size else np.pad(y, (0, wave.size - len(y)))
+    peak, got = float(np.abs(wave).max()), float(np.abs(y).max())
+    return (y * (peak / got if got > 0 else 1.0)).astype(np.float32)
+
+
 def copy_synthesis(wave: np.ndarray, f0_method: str = "dio", envelope_dims: int = ENVELOPE_DIMS) -> np.ndarray:
     """Analysis then synthesis through the coded features (nothing predicted): the ladder's topline.
     Returns float32 [N], the input's length."""
