@@ -2,7 +2,9 @@
 same evaluate_discrete call the demo makes, optionally on fewer clips per subset. For a demo whose evaluation was
 stopped (an undertrained model's generations run to their caps and take minutes a clip).
 
-    python benchmarks/finish_discrete_demo_eval.py runs/sgpt_demo 5     # run folder, clips per subset
+    python benchmarks/finish_discrete_demo_eval.py runs/sgpt_demo 5     # run folder, clips per subset [, recipe]
+
+The run folder's latest checkpoint is scored.
 """
 import sys, time
 from pathlib import Path
@@ -12,11 +14,11 @@ from speechlm.evaluation.discrete import evaluate_discrete, report_markdown
 from speechlm.utils import write_json, write_text
 
 run = Path(sys.argv[1])
-base = load_recipe("speechgpt-tiny")
+base = load_recipe(sys.argv[3] if len(sys.argv) > 3 else "speechgpt-tiny")
 d = base.demo
 t0 = time.time()
 _, _, subsets = build_data(run, base, d.synthetic, d.real_per_source, d.eval_per_subset, 0, 0, False)
-ckpt = run / "checkpoints" / "step-000120"
+ckpt = sorted((run / "checkpoints").glob("step-*"))[-1]
 N = int(sys.argv[2]) if len(sys.argv) > 2 else d.eval_per_subset
 summary = evaluate_discrete(ckpt, subsets, run / "eval", n=N, progress=False)
 timing = {"eval_min": (time.time() - t0) / 60}

@@ -236,6 +236,9 @@ class DemoConfig:
     asr_control: bool = True
     """Multi-task recipes: also train the same recipe on ASR alone for the same steps (forked where the stage
     table stops being ASR-only) and report its WER beside the multi-task model's (OSUM / SpeechVerse check)."""
+    steps: int = 0
+    """Discrete demos: optimizer steps planned, the recipe's stage table scaled to them, sized to the training
+    minutes (0: speechlm.demos.discrete.DEMO_STEPS; `--steps` overrides)."""
 
 
 @dataclass
@@ -317,6 +320,10 @@ class VocoderConfig:
     threads: int = 0
     """torch intra-op threads while training (0 keeps torch's default). 1 is several times faster for a small
     vocoder on a busy machine, where idle-spinning OpenMP threads wait on each other."""
+    speaker_perturb: int = 0
+    """Re-voiced copies of each training clip (WORLD: F0 x 0.5-1.7, formants x F0-factor^0.3, the same timing),
+    whose units are paired with the original clip's features, so the vocoder learns to voice units of other
+    pitches and vocal tracts in its own voice (ContentVec's speaker perturbation, Qian et al. 2022). 0: off."""
 
 
 @dataclass
@@ -347,6 +354,10 @@ class DiscreteConfig:
     """Examples per micro-batch."""
     full_finetune: bool = False
     """Train every LLM weight (the paper's stages 1-2; a GPU setting) instead of LoRA + the new rows."""
+    unit_init: str = "mean"
+    """How the unit rows start: `mean` (the mean text embedding + small noise, every unit alike) or `centroids`
+    (the tokenizer's centroids through a fixed random orthonormal map, scaled to the text rows: units that sound
+    alike start alike; speechlm.model.vocab.init_unit_rows)."""
     lora_r: int = 8
     """LoRA rank (SpeechGPT's stage 3: r=8, alpha 16, dropout 0.05 on q,v; src/train/com_sft.py)."""
     lora_alpha: int = 16

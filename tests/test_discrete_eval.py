@@ -187,9 +187,34 @@ def test_the_demo_scales_the_stage_table_to_its_step_budget():
     from speechlm.demos.discrete import DEMO_STEPS, scale_stages
 
     rows = scale_stages(stage_rows(load_recipe("speechgpt-tiny")), DEMO_STEPS)
-    assert [r["steps"] for r in rows] == [36, 72, 12] and rows[0]["loss_region"] == "all"
+    assert [r["steps"] for r in rows] == [120, 240, 40] and rows[0]["loss_region"] == "all"
     cfg = load_recipe("speechgpt-tiny", [f"discrete.stages={json.dumps(rows)}"])
-    assert [r["steps"] for r in stage_rows(cfg)] == [36, 72, 12]
+    assert [r["steps"] for r in stage_rows(cfg)] == [120, 240, 40]
+    espnet = load_recipe("espnet-tiny")  # a recipe may size its own demo (demo.steps)
+    assert espnet.demo.steps == 300 and [r["steps"] for r in scale_stages(stage_rows(espnet), espnet.demo.steps)] == [300]
+
+
+def test_chain_of_modality_speech_is_held_to_the_tts_budget_of_its_text(ckpt):
+    """A model that opens the spoken answer at once and then only babbles units stops at the TTS budget of its
+    (empty) text answer, 20 units, not at max_frames; no unit follows itself (deduplicated units)."""
+    import torch
+
+    from speechlm.inference.speak import DiscreteRunner
+    from speechlm.tasks import get_task
+    from speechlm.tasks.render import SOSP
+
+    runner = DiscreteRunner.from_checkpoint(str(ckpt["run"]))
+    lay = runner.layout
+    bias = torch.zeros(runner.model.causal_lm.get_output_embeddings().weight.shape[0])
+    bias[lay.marker_id(SOSP)] = 50.0
+    bias[lay.unit_start:lay.unit_start + 3] = 40.0
+    runner.model.causal_lm.get_output_embeddings().register_forward_hook(lambda m, i, o: o + bias)
+    import soundfile as sf
+
+    wave, _ = sf.read(ckpt["clip"], dtype="float32")
+    res = runner.run(get_task("chain-of-modality"), speech={"audio": runner.speech_of(wave)}, max_frames=200)
+    units = res["units"][-1]
+    assert len(units) == 20 and all(a != b for a, b in zip(units, units[1:]))
 
 
 def test_espnet_demo_end_to_end_with_a_tiny_llm(tmp_path, monkeypatch):

@@ -54,6 +54,30 @@ def test_new_rows_are_seeded():
     assert w.std(0).mean() > 0  # noise, not one repeated row
 
 
+def test_centroid_init_keeps_text_rows_and_unit_similarity():
+    from speechlm.model.vocab import init_unit_rows
+
+    llm, tok, lay = _extended(n_units=16)
+    before = llm.get_input_embeddings().weight.detach().clone()
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(8, 96, generator=g)
+    centroids = torch.cat([base, base + 0.05 * torch.randn(8, 96, generator=g)])  # unit i and i+8 sound alike
+    init_unit_rows(llm, lay, centroids, seed=3)
+    w = llm.get_input_embeddings().weight.detach()
+    assert torch.equal(w[: lay.text_vocab], before[: lay.text_vocab])  # text rows untouched
+    assert torch.equal(w[lay.marker_start:], before[lay.marker_start:])  # markers too
+    units = w[lay.unit_start:lay.marker_start] - before[: lay.text_vocab].mean(0)  # [16, H]
+    cos = torch.nn.functional.cosine_similarity(units[:, None], units[None], dim=-1)  # [16, 16]
+    alike = cos[torch.arange(8), torch.arange(8) + 8]
+    others = cos[torch.arange(8), (torch.arange(8) + 1) % 8]
+    assert alike.min() > 0.9 and others.abs().max() < 0.6
+    llm2, _, lay2 = _extended(n_units=16)
+    init_unit_rows(llm2, lay2, centroids, seed=3)
+    assert torch.equal(llm2.get_input_embeddings().weight, w)  # seeded
+    with pytest.raises(LayoutMismatch, match="12 centroids"):
+        init_unit_rows(llm2, lay2, centroids[:12])
+
+
 def test_layout_json_round_trip_and_ranges(tmp_path):
     _, _, lay = _extended(codec_levels=3, codebook_size=8)
     assert VocabLayout.from_json(lay.to_json()) == lay
@@ -191,6 +215,20 @@ def test_constrained_decoding_keeps_units_inside_speech_spans():
         free = model.generate(prompt, max_frames=20, sampling=opts, generator=g, constrained=False)
         unconstrained_broke |= not _units_only_outside_spans(prompt[:, 0].tolist() + free[:, 0].tolist(), lay)
     assert unconstrained_broke  # the test would catch a missing mask
+
+
+def test_no_repeat_units_never_repeats_a_unit_inside_a_span():
+    llm, tok, lay = _extended()
+    model = DiscreteSpeechLM(llm, lay).eval()
+    bias = torch.zeros(lay.lm_vocab)
+    bias[lay.unit_start + 3] = 8.0  # one unit dominates: greedy decoding repeats it without the rule
+    model.causal_lm.get_output_embeddings().register_forward_hook(lambda m, i, o: o + bias)
+    prompt = torch.tensor([lay.marker_id(SOS_EOS), lay.marker_id(SOSP)])
+    plain = model.generate(prompt, max_frames=12).tolist()
+    assert plain.count(lay.unit_start + 3) == 12
+    ruled = model.generate(prompt, max_frames=12, no_repeat_units=True).tolist()
+    assert all(a != b for a, b in zip(ruled, ruled[1:]) if lay.unit_of(a) is not None)
+    assert ruled[::2] == [lay.unit_start + 3] * 6  # still the favourite whenever it is allowed
 
 
 def test_sampling_never_draws_a_disallowed_id():

@@ -36,7 +36,7 @@ from speechlm.checkpoint.folder import (WEIGHTS, check_layout, checkpoint_path, 
 from speechlm.checkpoint.state import load_state, save_state
 from speechlm.config import RecipeConfig, from_dict, to_dict
 from speechlm.model.discrete import DiscreteSpeechLM
-from speechlm.model.vocab import LAYOUT_FILE, VocabLayout, extend_llm, trainable_rows_config
+from speechlm.model.vocab import LAYOUT_FILE, VocabLayout, extend_llm, init_unit_rows, trainable_rows_config
 from speechlm.utils import atomic_dir, write_json
 
 SPEECH_TOKENS = "speech_tokens"
@@ -112,6 +112,15 @@ def build_discrete_model(cfg: RecipeConfig, tokenizer, seed: int | None = None) 
     layout = VocabLayout.for_llm(text_tok, n_units, tasks=layout_tasks(cfg), codec_levels=levels, codebook_size=size,
                                  tokenizer_hash=tokenizer.hash)
     extend_llm(llm, text_tok, layout, seed=seed)
+    if d.unit_init == "centroids":
+        tensors = tokenizer.tensors() if hasattr(tokenizer, "tensors") else {}
+        table = tensors.get("semantic.centroids", tensors.get("centroids"))  # codec_ssl: its unit part
+        if table is None or table.dim() != 2 or table.shape[0] != layout.n_units:
+            raise ValueError(f"discrete.unit_init=centroids: the {getattr(tokenizer, 'kind', '?')} tokenizer has no "
+                             "unit centroids (k-means tokenizers do)")
+        init_unit_rows(llm, layout, table, seed=seed)
+    elif d.unit_init != "mean":
+        raise ValueError(f"discrete.unit_init: expected mean or centroids, got {d.unit_init!r}")
     torch.manual_seed(seed)  # LoRA's initialisation draws from the global generator
     if d.full_finetune:
         llm.requires_grad_(True)

@@ -26,10 +26,11 @@ from pathlib import Path
 from speechlm.utils import real_data_root, write_json, write_text
 
 TRAIN_MINUTES = 22.0  # of the 40 (issue 11, section 7); the rest is data, tokenizer, vocoder, evaluation
-DEMO_STEPS = 120
-"""Optimizer steps the demo plans, the recipe's stage table scaled to them: README's smoke run measured about 14 s
-a SmolLM2 step (batch 4) on the shared 2-core CPU, so 22 minutes hold ~100-150 steps, not the recipe's 1000; unscaled,
-the time cap would stop training in stage 1 or 2 and chain of modality would never be trained."""
+DEMO_STEPS = 400
+"""Optimizer steps the demo plans, the recipe's stage table scaled to them. Measured on the idle 2-core CPU
+(2026-11-30, batch 4): ~2.2 s an audiolm step, ~2.4 s an ASR/TTS step, so 22 minutes hold ~400 steps with the longer
+chain-of-modality rows at the end (an earlier 120-step plan assumed the 14 s a step of a CPU shared with another job).
+Unscaled, the recipe's 1000 steps would hit the time cap in stage 2 and chain of modality would never be trained."""
 VOCODER_MINUTES = 6.0  # speechlm.config.VocoderConfig.minutes is 10: cut so the whole demo fits 40 minutes
 CHAT_HELD_OUT = 20  # questions of speechlm.corpora.synth_questions (~150) never trained on
 DIGITS = "fsdd"  # the real spoken digits of ../shared/data/real
@@ -105,7 +106,7 @@ def demo_discrete(recipe: str, out: str, minutes: float | None = None, steps: in
     """Build data, fit the tokenizer and vocoder, train the recipe's stage table, evaluate (module doc).
 
     minutes: training time limit (None: TRAIN_MINUTES; 0: none); steps: optimizer steps, the recipe's stage table
-    scaled to them (-1: DEMO_STEPS; 0: the recipe's own table; ignored when overrides set discrete.stages); questions: spoken questions to build (0: all of
+    scaled to them (-1: the recipe's demo.steps, else DEMO_STEPS; 0: the recipe's own table; ignored when overrides set discrete.stages); questions: spoken questions to build (0: all of
     synth_questions, ~150, CHAT_HELD_OUT of them held out); overrides: recipe overrides for training
     (`discrete.stages=...`); vocoder_overrides: `vocoder.*` overrides; whisper: the TTS judge (default Whisper
     tiny.en)."""
@@ -117,7 +118,7 @@ def demo_discrete(recipe: str, out: str, minutes: float | None = None, steps: in
     from speechlm.checkpoint.discrete import stage_rows
 
     base = load_recipe(recipe, list(overrides))
-    steps = DEMO_STEPS if steps < 0 else steps
+    steps = (base.demo.steps or DEMO_STEPS) if steps < 0 else steps
     if steps and not any(o.startswith("discrete.stages=") for o in overrides):
         rows = scale_stages(stage_rows(base), steps)
         overrides = [f"discrete.stages={json.dumps(rows)}", f"train.max_steps={sum(r['steps'] for r in rows)}",

@@ -48,6 +48,8 @@ class DiscreteRunner:
             # 60 units on the speechgpt-tiny demo's checkpoint, same units)
             self.model.llm = self.model.llm.merge_and_unload()
         self.rendering = bundle.cfg.discrete.rendering
+        # speech spans hold deduplicated units (speech_of) unless they are [F][nq] frames: then no unit repeats itself
+        self.dedup_units = not (self.rendering == "streams" and self.model.nq > 1)
         self.sampling = sampling or Sampling()
         self.gen = torch.Generator().manual_seed(seed)
         self.eos = self.tok.convert_tokens_to_ids(self.tok.eos_token)
@@ -129,7 +131,21 @@ class DiscreteRunner:
         """Generate ``task``'s answer; returns {"text": [text outputs in order], "units": [units of each speech
         output], "frame_level": bool, "raw": what was generated}."""
         prompt, stops = self.prompt(task, text, speech)
-        out = self.model.generate(prompt, max_frames=max_frames, sampling=self.sampling, stop_ids=stops, generator=self.gen)
+        gen = dict(sampling=self.sampling, generator=self.gen, no_repeat_units=self.dedup_units)
+        spoken_after_text = self.rendering == "units" and len(task.outputs) > 1 and task.outputs[-1][1] == SPEECH
+        if spoken_after_text:
+            # chain of modality: text first, then its speech, held to the TTS budget of the text it says (an
+            # undertrained model would otherwise babble units up to max_frames, minutes a clip)
+            sosp = self.layout.marker_id(SOSP)
+            out = self.model.generate(prompt, max_frames=max_frames, stop_ids=(*stops, sosp), **gen)
+            if int(out[-1]) == sosp and len(out) < max_frames:
+                said = self._parse_units_answer(out.tolist(), False)["text"]
+                budget = int(np.ceil(TTS_UNITS_PER_CHAR["units"] * len(said[-1] if said else ""))) + 20
+                more = self.model.generate(torch.cat([prompt, out]), max_frames=min(budget, max_frames - len(out)),
+                                           stop_ids=stops, **gen)
+                out = torch.cat([out, more])
+        else:
+            out = self.model.generate(prompt, max_frames=max_frames, stop_ids=stops, **gen)
         s0 = (out if out.dim() == 1 else out[:, 0]).tolist()  # stream 0 of the new frames [T]
         if self.rendering == "streams" and len(task.outputs) == 1:
             # the opening marker was in the prompt: prepend it so both cases parse alike

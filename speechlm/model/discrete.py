@@ -277,12 +277,14 @@ class DiscreteSpeechLM(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_frames: int = 256, sampling: Sampling | None = None,
                  stop_ids: tuple[int, ...] = (), generator: torch.Generator | None = None,
-                 constrained: bool = True) -> torch.Tensor:
+                 constrained: bool = True, no_repeat_units: bool = False) -> torch.Tensor:
         """Continue ``prompt`` [T0, nq] (or [T0] for one stream) frame by frame with the KV cache.
 
         Stops after a stream-0 token in ``stop_ids`` (kept as the last frame) or ``max_frames`` new frames; with
         ``delay`` it then runs nq-1 tail steps so every stream emits its last frame. Codes of streams >= 1 that fall
         in prompt frames are teacher-forced. Returns the new frames [T_new, nq] (or [T_new] for a 1-D prompt).
+        ``no_repeat_units``: a unit never follows itself, as in deduplicated units (SpeechGPT's reduced units), where
+        no training sequence has it; an undertrained model otherwise repeats its most likely unit to the cap.
         """
         opts = sampling or Sampling()
         flat_in = prompt.dim() == 1
@@ -301,6 +303,9 @@ class DiscreteSpeechLM(nn.Module):
             row = torch.full((nq,), pad, dtype=torch.long, device=frames.device)  # [nq]
             if end is None:
                 allowed = self._allowed0(in_speech) if constrained else self._real
+                if no_repeat_units and in_speech and self.layout.unit_of(s0[-1]) is not None:
+                    allowed = allowed.clone()
+                    allowed[s0[-1]] = False
                 tok = sample_token(logits[0], allowed, opts, generator)
                 row[0] = tok
                 s0.append(tok)

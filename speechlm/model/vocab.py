@@ -233,6 +233,38 @@ def extend_llm(llm, tokenizer, layout: VocabLayout, seed: int = 0, noise: float 
     llm.config.vocab_size = llm.get_input_embeddings().weight.shape[0]
 
 
+def init_unit_rows(llm, layout: VocabLayout, centroids: torch.Tensor, seed: int = 0) -> None:
+    """Unit rows (in place) from the tokenizer's centroids [K, D], so units that sound alike start alike.
+
+    Each centroid is standardised over the K centroids, sent through a fixed random orthonormal map to the LLM's
+    width (distances kept up to scale; Johnson-Lindenstrauss) and scaled to the text rows' per-dimension std around
+    their mean. The default start (mean + 0.1 std noise) makes every unit the same vector, which the LM has to tell
+    apart from the loss alone. Untied heads get the same rows."""
+    c = centroids.detach().float()  # [K, D]
+    if c.shape[0] != layout.n_units:
+        raise LayoutMismatch(f"{c.shape[0]} centroids for a layout of {layout.n_units} units")
+    z = (c - c.mean(0)) / c.std(0).clamp(min=1e-6)  # [K, D]
+    z = z / z.pow(2).mean(1, keepdim=True).sqrt().clamp(min=1e-6)  # [K, D]: unit RMS per row
+    tables = [llm.get_input_embeddings().weight]
+    out = llm.get_output_embeddings()
+    if out is not None and out.weight.data_ptr() != tables[0].data_ptr():
+        tables.append(out.weight)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for w in tables:  # [V', H]
+            h, d = w.shape[1], z.shape[1]
+            if h >= d:  # widen: D orthonormal directions of the LLM space
+                q, _ = torch.linalg.qr(torch.randn(h, d, generator=gen))  # [H, D]
+                y = z @ q.T  # [K, H]
+            else:  # narrow: project onto H orthonormal directions of the centroid space
+                q, _ = torch.linalg.qr(torch.randn(d, h, generator=gen))  # [D, H]
+                y = z @ q  # [K, H]
+            y = y / y.pow(2).mean(1, keepdim=True).sqrt().clamp(min=1e-6)  # [K, H], unit RMS per row
+            text = w[: layout.text_vocab].float()  # [V, H]
+            rows = text.mean(0) + text.std(0) * y  # [K, H]
+            w[layout.unit_start:layout.unit_start + layout.n_units] = rows.to(w.dtype)
+
+
 def trainable_rows_config(layout: VocabLayout, r: int = 8, alpha: int = 16, dropout: float = 0.05,
                           targets: tuple[str, ...] = ("q_proj", "v_proj")):
     """A peft ``LoraConfig``: LoRA on ``targets`` (SpeechGPT's stage-3 r=8, alpha=16, dropout 0.05 on q,v;
