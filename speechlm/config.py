@@ -355,9 +355,11 @@ class DiscreteConfig:
     full_finetune: bool = False
     """Train every LLM weight (the paper's stages 1-2; a GPU setting) instead of LoRA + the new rows."""
     unit_init: str = "mean"
-    """How the unit rows start: `mean` (the mean text embedding + small noise, every unit alike) or `centroids`
+    """How the unit rows start: `mean` (the mean text embedding + small noise, every unit alike), `centroids`
     (the tokenizer's centroids through a fixed random orthonormal map, scaled to the text rows: units that sound
-    alike start alike; speechlm.model.vocab.init_unit_rows)."""
+    alike start alike; speechlm.model.vocab.init_unit_rows) or `ctc` (the centroid start, then each row pulled by
+    CTC toward the embeddings of the transcript tokens its unit is heard in; speechlm.model.unit_align; measured
+    worse than `centroids`, benchmarks/results/discrete_unit_init.json)."""
     lora_r: int = 8
     """LoRA rank (SpeechGPT's stage 3: r=8, alpha 16, dropout 0.05 on q,v; src/train/com_sft.py)."""
     lora_alpha: int = 16

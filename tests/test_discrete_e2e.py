@@ -81,6 +81,23 @@ def test_speechgpt_three_stages_train_and_checkpoint(sgpt_run, data):
     assert [s["examples_used"] for s in report["stages"]] == [8, 16, 8]
 
 
+def test_ctc_unit_init_aligns_the_rows_before_training(data, tmp_path):
+    """discrete.unit_init=ctc: the rows the checkpoint holds (lr 0: as initialised) are the CTC-aligned ones, not the
+    centroid start they began from, and the data report says how the alignment went."""
+    from safetensors.torch import load_file
+
+    one = "discrete.stages=[{steps: 1, tasks: [asr, tts]}]"
+    runs = {init: _train(data, tmp_path / init, "speechgpt-tiny", data["tok"], one, "train.max_steps=1", "train.lr=0",
+                         f"discrete.unit_init={init}") for init in ("centroids", "ctc")}
+    rows = {k: {n: t for n, t in load_file(str(v / "checkpoints" / "step-000001" / "trainable.safetensors")).items()
+                if "trainable_tokens" in n} for k, v in runs.items()}
+    assert rows["ctc"] and rows["ctc"].keys() == rows["centroids"].keys()
+    assert any(not torch.allclose(rows["ctc"][n], rows["centroids"][n]) for n in rows["ctc"])
+    report = json.loads((runs["ctc"] / "data_report.json").read_text())["unit_rows_ctc"]
+    assert report["clips"] > 0 and report["loss_end"] < report["loss_start"]
+    assert "unit_rows_ctc" not in json.loads((runs["centroids"] / "data_report.json").read_text())
+
+
 def test_speak_chat_transcribe_from_the_checkpoint_alone(sgpt_run, data, tmp_path, capsys):
     import soundfile as sf
 

@@ -187,9 +187,9 @@ def test_the_demo_scales_the_stage_table_to_its_step_budget():
     from speechlm.demos.discrete import DEMO_STEPS, scale_stages
 
     rows = scale_stages(stage_rows(load_recipe("speechgpt-tiny")), DEMO_STEPS)
-    assert [r["steps"] for r in rows] == [120, 240, 40] and rows[0]["loss_region"] == "all"
+    assert [r["steps"] for r in rows] == [40, 300, 60] and rows[0]["loss_region"] == "all"
     cfg = load_recipe("speechgpt-tiny", [f"discrete.stages={json.dumps(rows)}"])
-    assert [r["steps"] for r in stage_rows(cfg)] == [120, 240, 40]
+    assert [r["steps"] for r in stage_rows(cfg)] == [40, 300, 60]
     espnet = load_recipe("espnet-tiny")  # a recipe may size its own demo (demo.steps)
     assert espnet.demo.steps == 300 and [r["steps"] for r in scale_stages(stage_rows(espnet), espnet.demo.steps)] == [300]
 

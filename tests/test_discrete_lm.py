@@ -341,3 +341,27 @@ def test_peft_wrapped_lm_trains_new_rows_only_and_round_trips(tmp_path):
     other = VocabLayout.from_json(lay.to_json().replace('"codebook_size": 8', '"codebook_size": 9'))
     with pytest.raises(LayoutMismatch, match="codebook_size"):
         model.load_trainable_state_dict(state, other, str(tmp_path))
+
+
+def test_ctc_unit_rows_point_each_unit_at_the_token_it_is_heard_in():
+    """Units 0-3 each spell one token; unit 4 is silence between words. After CTC, a word unit's row is nearest
+    to its own token's embedding among all tokens of the transcripts."""
+    from speechlm.model.unit_align import ctc_unit_rows
+
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(40, 16, generator=g)  # [V, H]
+    word = {0: 11, 1: 22, 2: 33, 3: 7}  # unit -> token
+    units, tokens = [], []
+    for i in range(60):
+        seq = torch.randint(0, 4, (5,), generator=g).tolist()
+        units.append([x for u in seq for x in (u, 4)])  # each word unit, then silence
+        tokens.append([word[u] for u in seq])
+    init = torch.randn(5, 16, generator=g)
+    rows, report = ctc_unit_rows(units, tokens, emb, init, steps=200, lr=0.05, batch=16)
+    assert rows.shape == (5, 16) and report["loss_end"] < report["loss_start"] / 2
+    vocab = sorted(word.values())
+    cos = torch.nn.functional.normalize(rows[:4], dim=-1) @ torch.nn.functional.normalize(emb[vocab], dim=-1).T
+    assert [vocab[int(i)] for i in cos.argmax(1)] == [word[u] for u in range(4)]
+    assert torch.allclose(rows.norm(dim=-1), emb.norm(dim=-1).mean().expand(5), rtol=1e-4)  # text rows' mean norm
+    with pytest.raises(ValueError, match="no clip"):
+        ctc_unit_rows([[1]], [[11, 22]], emb, init)  # more tokens than units: nothing CTC can learn from

@@ -112,15 +112,15 @@ def build_discrete_model(cfg: RecipeConfig, tokenizer, seed: int | None = None) 
     layout = VocabLayout.for_llm(text_tok, n_units, tasks=layout_tasks(cfg), codec_levels=levels, codebook_size=size,
                                  tokenizer_hash=tokenizer.hash)
     extend_llm(llm, text_tok, layout, seed=seed)
-    if d.unit_init == "centroids":
+    if d.unit_init in ("centroids", "ctc"):  # ctc: refined from here by the trainer (speechlm.model.unit_align)
         tensors = tokenizer.tensors() if hasattr(tokenizer, "tensors") else {}
         table = tensors.get("semantic.centroids", tensors.get("centroids"))  # codec_ssl: its unit part
         if table is None or table.dim() != 2 or table.shape[0] != layout.n_units:
-            raise ValueError(f"discrete.unit_init=centroids: the {getattr(tokenizer, 'kind', '?')} tokenizer has no "
+            raise ValueError(f"discrete.unit_init={d.unit_init}: the {getattr(tokenizer, 'kind', '?')} tokenizer has no "
                              "unit centroids (k-means tokenizers do)")
         init_unit_rows(llm, layout, table, seed=seed)
     elif d.unit_init != "mean":
-        raise ValueError(f"discrete.unit_init: expected mean or centroids, got {d.unit_init!r}")
+        raise ValueError(f"discrete.unit_init: expected mean, centroids or ctc, got {d.unit_init!r}")
     torch.manual_seed(seed)  # LoRA's initialisation draws from the global generator
     if d.full_finetune:
         llm.requires_grad_(True)

@@ -13,6 +13,8 @@ The discrete (speech-token) path beside it:
 * :mod:`~speechlm.model.vocab` - :class:`VocabLayout`: unit, marker, task and codec tokens appended after the LLM's
   vocabulary, frozen, saved and checked on load; ``extend_llm`` (text logits stay bit-identical).
 * :mod:`~speechlm.model.streams` - token-stream patterns ``flat`` / ``parallel`` / ``delay`` (MusicGen, ESPnet).
+* :mod:`~speechlm.model.unit_align` - unit rows pulled by CTC toward the transcript tokens' embeddings
+  (``discrete.unit_init: ctc``).
 * :mod:`~speechlm.model.discrete` - :class:`DiscreteSpeechLM`: a decoder-only LM over units or multi-stream
   tokens, per-modality loss weights, constrained KV-cache decoding.
 May import: utils, config, data, tasks, backbones. Not checkpoint, training, inference, evaluation, corpora.

@@ -331,6 +331,25 @@ class DiscreteSpeechLM(nn.Module):
         out = from_pattern(torch.cat([rows, torch.stack(new_rows)]), self.pattern)[t0:]  # [T_new, nq]
         return out[:, 0] if flat_in else out
 
+    @torch.no_grad()
+    def set_unit_rows(self, rows: torch.Tensor) -> None:
+        """Write the unit rows [K, H] where they train: peft's trainable-token values (which replace the base rows,
+        input and tied head alike), else the embedding itself."""
+        lay = self.layout
+        done = False
+        for m in self.llm.modules():
+            deltas, indices = getattr(m, "trainable_tokens_delta", None), getattr(m, "token_indices", None)
+            if deltas is None or indices is None:
+                continue
+            for name, delta in deltas.items():
+                for j, tok in enumerate(indices[name]):
+                    if lay.unit_start <= tok < lay.marker_start:
+                        delta[j] = rows[tok - lay.unit_start].to(delta.dtype)
+                done = True
+        if not done:
+            w = self.causal_lm.get_input_embeddings().weight  # [V', H]
+            w[lay.unit_start:lay.marker_start] = rows.to(w.dtype)
+
     # ---- trainable state ---------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint stores: every parameter that trains (LoRA, trainable rows, codec tables)."""

@@ -144,6 +144,28 @@ def tokenize_units(cuts: list[Cut], tokenizer, tokenizer_dir: Path, manifest: Pa
     return store
 
 
+def align_unit_rows(model, cuts: list[Cut], store: dict, tokenizer, text_tok, seed: int) -> dict:
+    """``discrete.unit_init: ctc``: the unit rows trained by CTC against the transcripts of the clips
+    (speechlm.model.unit_align), written into the model; returns the aligner's report."""
+    from speechlm.model.unit_align import ctc_unit_rows
+    from speechlm.tokenizers.dedup import unit_runs
+
+    lay = model.layout
+    units, tokens = [], []
+    for c in cuts:
+        if c.text.strip() and c.audio in store:
+            units.append(unit_runs(tokenizer, store[c.audio])[0].tolist())
+            tokens.append(text_tok(c.text.strip(), add_special_tokens=False).input_ids)
+    emb = model.causal_lm.get_input_embeddings()
+    weight = emb.weight if hasattr(emb, "weight") else emb.base_layer.weight  # peft wraps the embedding
+    rows, report = ctc_unit_rows(units, tokens, weight[:lay.text_vocab], weight[lay.unit_start:lay.marker_start],
+                                 seed=seed)
+    model.set_unit_rows(rows)
+    print(f"[speechlm] unit rows aligned by CTC on {report['clips']} transcripts: loss {report['loss_start']:.2f} -> "
+          f"{report['loss_end']:.2f} ({report['seconds']:.0f} s)", flush=True)
+    return report
+
+
 def speech_tokens(tokenizer, seq, rendering: str, nq: int) -> list:
     """What a speech field contributes: deduplicated units (SpeechGPT's reduced units) for one stream, frame-level
     [F][nq] rows (stream 0 the unit, then codec codes; ESPnet codec_ssl) for several."""
@@ -275,6 +297,7 @@ def train_discrete(cfg: RecipeConfig, resume: str | None = None, progress: bool 
     t0 = time.time()
     store = tokenize_units(cuts, tokenizer, tok_dir, manifest, fields, progress=progress and rank == 0)
     tokenize_s = time.time() - t0
+    align = align_unit_rows(model, cuts, store, tokenizer, text_tok, t.seed) if d.unit_init == "ctc" and not resume else None
     data = [StageData(k, st, cuts, store, tokenizer, model, text_tok, cfg, manifest.parent) for k, st in enumerate(stages)]
 
     step, stage_idx, pos = 0, 0, {"epoch": 0, "batch": 0}
@@ -311,7 +334,8 @@ def train_discrete(cfg: RecipeConfig, resume: str | None = None, progress: bool 
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "config.json", to_dict(cfg))
         write_json(out_dir / "data_report.json", {"clips": len(cuts), "tokenize_seconds": round(tokenize_s, 1),
-                                                  "stages": [s.report for s in data]})
+                                                  "stages": [s.report for s in data],
+                                                  **({"unit_rows_ctc": align} if align else {})})
         n_all = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in params)
         print(f"[speechlm] discrete LM ({d.rendering}, {model.pattern}, nq={model.nq}, vocabulary {model.layout.lm_vocab}): "
