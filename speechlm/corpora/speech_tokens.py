@@ -84,20 +84,14 @@ def prepare_units(manifest: Path, out: Path, cfg: UnitsConfig, progress: bool = 
 def prepare_vocoder(manifest: Path, tokenizer_dir: Path, cfg: VocoderConfig, progress: bool = True) -> dict[str, Path]:
     """Train the unit vocoder on ``manifest`` (one voice) tokenized by the tokenizer in ``tokenizer_dir``;
     it is saved in ``tokenizer_dir/vocoder``."""
-    from tqdm.auto import tqdm
-
-    from speechlm.tokenizers.dedup import unit_runs
     from speechlm.tokenizers.registry import load_tokenizer
     from speechlm.vocoders.train import train_vocoder
 
     tokenizer = load_tokenizer(tokenizer_dir)
     t0 = time.time()
     cuts, waves = _read_waves(manifest)
-    examples = []
-    for i in tqdm(range(0, len(waves), 16), desc="tokenizing the voice", unit="batch", disable=not progress):
-        for seq, wave in zip(tokenizer.encode_batch(waves[i:i + 16], [c.source or c.id for c in cuts[i:i + 16]]), waves[i:i + 16]):
-            units, durations = unit_runs(tokenizer, seq)
-            examples.append((units, durations, wave))
+    examples = [(units, durations, wave) for (units, durations), wave in zip(
+        _unit_runs(tokenizer, waves, [c.source or c.id for c in cuts], "tokenizing the voice", progress), waves)]
     if cfg.speaker_perturb:
         examples += perturbed_examples(tokenizer, cuts, waves, cfg, progress)
     tok_s = time.time() - t0
@@ -119,9 +113,6 @@ def perturbed_examples(tokenizer, cuts: list, waves: list[np.ndarray], cfg: Voco
     """``cfg.speaker_perturb`` re-voiced copies of each clip (:func:`speechlm.vocoders.world.perturb_speaker`),
     tokenized: (their units, their run lengths, the *original* wave), so the vocoder maps another voice's units
     to its own voice's features. Seeded by ``cfg.seed``."""
-    from tqdm.auto import tqdm
-
-    from speechlm.tokenizers.dedup import unit_runs
     from speechlm.vocoders.world import perturb_speaker
 
     rng = np.random.default_rng(cfg.seed + 1)
@@ -130,14 +121,21 @@ def perturbed_examples(tokenizer, cuts: list, waves: list[np.ndarray], cfg: Voco
         for _ in range(cfg.speaker_perturb):
             f0 = float(np.exp(rng.uniform(*np.log(PERTURB_F0))))
             jobs.append((i, f0, f0 ** PERTURB_FORMANT_EXPONENT * float(np.exp(rng.normal(0, PERTURB_FORMANT_JITTER)))))
+    voiced = [perturb_speaker(waves[i], f0, fm, cfg.f0_method) for i, f0, fm in jobs]
+    names = [f"{cuts[i].source or cuts[i].id} (re-voiced F0 x{f0:.2f}, formants x{fm:.2f})" for i, f0, fm in jobs]
+    runs = _unit_runs(tokenizer, voiced, names, "tokenizing the re-voiced copies", progress)
+    return [(units, durations, waves[i]) for (units, durations), (i, _, _) in zip(runs, jobs)]
+
+
+def _unit_runs(tokenizer, waves: list[np.ndarray], names: list[str], desc: str, progress: bool) -> list[tuple]:
+    """(units, run lengths) of each wave, tokenized 16 at a time."""
+    from tqdm.auto import tqdm
+
+    from speechlm.tokenizers.dedup import unit_runs
+
     out = []
-    for j in tqdm(range(0, len(jobs), 16), desc="re-voicing and tokenizing", unit="batch", disable=not progress):
-        batch = jobs[j:j + 16]
-        voiced = [perturb_speaker(waves[i], f0, fm, cfg.f0_method) for i, f0, fm in batch]
-        names = [f"{cuts[i].source or cuts[i].id} (re-voiced F0 x{f0:.2f}, formants x{fm:.2f})" for i, f0, fm in batch]
-        for seq, (i, _, _) in zip(tokenizer.encode_batch(voiced, names), batch):
-            units, durations = unit_runs(tokenizer, seq)
-            out.append((units, durations, waves[i]))
+    for i in tqdm(range(0, len(waves), 16), desc=desc, unit="batch", disable=not progress):
+        out += [unit_runs(tokenizer, seq) for seq in tokenizer.encode_batch(waves[i:i + 16], names[i:i + 16])]
     return out
 
 

@@ -40,6 +40,8 @@ def rung_audio(tokenizer: Any, vocoder: Any, wave: np.ndarray, backend: str = "w
         out["copy-world"] = world.copy_synthesis(wave)
     if "copy-griffinlim" in rungs:
         out["copy-griffinlim"] = griffinlim.copy_synthesis(wave)
+    if not {"units", "units+dur", "acoustic"} & set(rungs):
+        return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
     seq = tokenizer.encode(wave)
     if vocoder is not None and {"units", "units+dur"} & set(rungs):
         units, durations = unit_runs(tokenizer, seq)

@@ -48,8 +48,8 @@ class DiscreteRunner:
             # 60 units on the speechgpt-tiny demo's checkpoint, same units)
             self.model.llm = self.model.llm.merge_and_unload()
         self.rendering = bundle.cfg.discrete.rendering
-        # speech spans hold deduplicated units (speech_of) unless they are [F][nq] frames: then no unit repeats itself
-        self.dedup_units = not (self.rendering == "streams" and self.model.nq > 1)
+        # speech spans hold [F][nq] frames (ESPnet codec_ssl) or deduplicated units, where no unit repeats itself
+        self.frame_level = self.rendering == "streams" and self.model.nq > 1
         self.sampling = sampling or Sampling()
         self.gen = torch.Generator().manual_seed(seed)
         self.eos = self.tok.convert_tokens_to_ids(self.tok.eos_token)
@@ -70,7 +70,7 @@ class DiscreteRunner:
         from speechlm.tokenizers.dedup import unit_runs
 
         seq = self.b.speech_tokenizer.encode(np.asarray(wave, dtype=np.float32))
-        if self.rendering == "streams" and self.model.nq > 1:
+        if self.frame_level:
             return np.asarray(seq.streams).tolist()
         return unit_runs(self.b.speech_tokenizer, seq)[0].tolist()
 
@@ -131,7 +131,7 @@ class DiscreteRunner:
         """Generate ``task``'s answer; returns {"text": [text outputs in order], "units": [units of each speech
         output], "frame_level": bool, "raw": what was generated}."""
         prompt, stops = self.prompt(task, text, speech)
-        gen = dict(sampling=self.sampling, generator=self.gen, no_repeat_units=self.dedup_units)
+        gen = dict(sampling=self.sampling, generator=self.gen, no_repeat_units=not self.frame_level)
         spoken_after_text = self.rendering == "units" and len(task.outputs) > 1 and task.outputs[-1][1] == SPEECH
         if spoken_after_text:
             # chain of modality: text first, then its speech, held to the TTS budget of the text it says (an
@@ -140,8 +140,8 @@ class DiscreteRunner:
             out = self.model.generate(prompt, max_frames=max_frames, stop_ids=(*stops, sosp), **gen)
             if int(out[-1]) == sosp and len(out) < max_frames:
                 said = self._parse_units_answer(out.tolist(), False)["text"]
-                budget = int(np.ceil(TTS_UNITS_PER_CHAR["units"] * len(said[-1] if said else ""))) + 20
-                more = self.model.generate(torch.cat([prompt, out]), max_frames=min(budget, max_frames - len(out)),
+                more = self.model.generate(torch.cat([prompt, out]),
+                                           max_frames=min(self.tts_budget(said[-1] if said else ""), max_frames - len(out)),
                                            stop_ids=stops, **gen)
                 out = torch.cat([out, more])
         else:
@@ -151,7 +151,7 @@ class DiscreteRunner:
             # the opening marker was in the prompt: prepend it so both cases parse alike
             opener = self.layout.marker_id(SOSP if task.outputs[0][1] == SPEECH else SOT)
             s0 = [opener] + s0
-        frame_level = self.rendering == "streams" and self.model.nq > 1
+        frame_level = self.frame_level
         if self.rendering == "units":
             if len(task.outputs) == 1 and task.outputs[0][1] == SPEECH:
                 s0 = [self.layout.marker_id(SOSP)] + s0
@@ -191,10 +191,13 @@ class DiscreteRunner:
         return {"text": texts, "units": units, "frame_level": frame_level, "raw": s0}
 
     # ---- tasks ---------------------------------------------------------------------------------------
+    def tts_budget(self, text: str) -> int:
+        """Speech tokens an answer saying ``text`` may spend: TTS_UNITS_PER_CHAR per character + 20."""
+        return int(np.ceil(TTS_UNITS_PER_CHAR.get(self.rendering, 8.0) * len(text))) + 20
+
     def tts(self, text: str, task: str = "tts", max_units: int = 500) -> tuple[np.ndarray, list[int]]:
         """The text spoken: at most ``max_units`` speech tokens, and at most TTS_UNITS_PER_CHAR per character + 20."""
-        budget = int(np.ceil(TTS_UNITS_PER_CHAR.get(self.rendering, 8.0) * len(text))) + 20
-        res = self.run(get_task(task), text=text, max_frames=min(max_units, budget))
+        res = self.run(get_task(task), text=text, max_frames=min(max_units, self.tts_budget(text)))
         units = res["units"][0] if res["units"] else []
         return self.wave_of(units, res["frame_level"]), units
 

@@ -194,6 +194,15 @@ def check_layout(saved: VocabLayout, expected: VocabLayout, where: str | Path = 
             + "\n  ".join(diffs) + f"\nsaved layout: {saved.to_json()}\nexpected layout: {expected.to_json()}")
 
 
+def _row_tables(llm) -> list[torch.Tensor]:
+    """The token tables whose rows a layout owns: the input embeddings, and an untied head's weight too."""
+    tables = [llm.get_input_embeddings().weight]
+    out = llm.get_output_embeddings()
+    if out is not None and out.weight.data_ptr() != tables[0].data_ptr():
+        tables.append(out.weight)
+    return tables
+
+
 def extend_llm(llm, tokenizer, layout: VocabLayout, seed: int = 0, noise: float = 0.1) -> None:
     """Add the layout's tokens to ``tokenizer`` and grow ``llm``'s embeddings (in place) to ``layout.lm_vocab`` rows.
 
@@ -220,12 +229,8 @@ def extend_llm(llm, tokenizer, layout: VocabLayout, seed: int = 0, noise: float 
         raise LayoutMismatch(f"LLM embedding has {rows} rows < text vocabulary {layout.text_vocab}")
     llm.resize_token_embeddings(max(rows, layout.lm_vocab), mean_resizing=False)
     gen = torch.Generator().manual_seed(seed)
-    tables = [llm.get_input_embeddings().weight]
-    out = llm.get_output_embeddings()
-    if out is not None and out.weight.data_ptr() != tables[0].data_ptr():  # untied head: its new rows too
-        tables.append(out.weight)
     with torch.no_grad():
-        for w in tables:  # [V', H]
+        for w in _row_tables(llm):  # [V', H]
             text = w[: layout.text_vocab].float()  # [V, H]
             n_new = w.shape[0] - layout.text_vocab
             fresh = text.mean(0) + noise * text.std(0) * torch.randn(n_new, w.shape[1], generator=gen)  # [V'-V, H]
@@ -245,13 +250,9 @@ def init_unit_rows(llm, layout: VocabLayout, centroids: torch.Tensor, seed: int 
         raise LayoutMismatch(f"{c.shape[0]} centroids for a layout of {layout.n_units} units")
     z = (c - c.mean(0)) / c.std(0).clamp(min=1e-6)  # [K, D]
     z = z / z.pow(2).mean(1, keepdim=True).sqrt().clamp(min=1e-6)  # [K, D]: unit RMS per row
-    tables = [llm.get_input_embeddings().weight]
-    out = llm.get_output_embeddings()
-    if out is not None and out.weight.data_ptr() != tables[0].data_ptr():
-        tables.append(out.weight)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for w in tables:  # [V', H]
+        for w in _row_tables(llm):  # [V', H]
             h, d = w.shape[1], z.shape[1]
             if h >= d:  # widen: D orthonormal directions of the LLM space
                 q, _ = torch.linalg.qr(torch.randn(h, d, generator=gen))  # [H, D]
