@@ -1,7 +1,7 @@
 """``speechlm VERB ...``: each verb is a plain function, and its signature is the command line.
 
 Parameters without a default are positional; ``bool`` defaults become flags; ``list`` parameters take
-several values. The help of each option is the ``name: text`` line of the function's docstring.
+several values. The help of each option is the ``name: text`` entry of the function's docstring (with its continuation lines).
 
 The parser is built from the verbs' source (:mod:`speechlm.introspect`), so ``speechlm --help`` and
 ``speechlm ls`` never import torch or transformers; a verb's module is imported when the verb runs.
@@ -86,11 +86,18 @@ def _corpora_docs() -> dict[str, str]:
 
 
 def _param_help(doc: str) -> dict[str, str]:
-    helps = {}
+    """``name: text`` lines of a docstring; a following line that starts no entry of its own continues the text
+    (until a blank line)."""
+    helps: dict[str, str] = {}
+    last = None
     for line in doc.splitlines():
         name, sep, text = line.strip().partition(":")
         if sep and name.isidentifier():
-            helps[name] = text.strip()
+            helps[name], last = text.strip(), name
+        elif last and line.strip():
+            helps[last] += " " + line.strip()
+        else:
+            last = None
     return helps
 
 

@@ -137,3 +137,12 @@ def test_parser_builds_every_verb():
     assert args.verb == "train" and args.max_steps == 3 and args.set == ["a.b=1", "c.d=2"]
     args = build_parser().parse_args(["ls", "tasks"])
     assert args.what == "tasks"
+
+
+def test_option_help_keeps_continuation_lines():
+    from speechlm.cli import _param_help
+
+    doc = "Summary.\n\nn: clips per set,\n    sampled with the seed.\nrungs: which rungs\nto score.\n\nNotes after a blank line."
+    assert _param_help(doc) == {"n": "clips per set, sampled with the seed.", "rungs": "which rungs to score."}
+    rungs = [a for a in build_parser()._subparsers._group_actions[0].choices["resynth"]._actions if a.dest == "rungs"][0]
+    assert rungs.help.endswith("units+dur, acoustic.")

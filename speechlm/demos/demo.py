@@ -50,7 +50,8 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
 
     out: run folder (data, checkpoints, logs, loss.png, report.md, summary.json); default runs/RECIPE.
     minutes: training time limit (the loop stops and saves when it is reached); -1: the recipe's train.max_minutes.
-    steps: optimizer steps planned for the learning-rate schedule; -1: the recipe's train.max_steps (a recipe with a stage table keeps its own).
+    steps: optimizer steps planned for the learning-rate schedule; -1: the recipe's train.max_steps (a recipe with a
+    stage table keeps its own; a discrete recipe scales its stage table to its demo.steps, else 400).
     synthetic: synthetic utterances to synthesize for training; -1: the recipe's demo.synthetic.
     real_per_source: cap on training clips per real source (0: no cap); -1: the recipe's demo.real_per_source.
     eval_per_subset: held-out clips scored per subset or task (0: all); -1: the recipe's demo.eval_per_subset.
