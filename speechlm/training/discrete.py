@@ -409,6 +409,7 @@ def train_discrete(cfg: RecipeConfig, resume: str | None = None, progress: bool 
     final = checkpoint()
     if rank == 0:
         print(f"[speechlm] saved {final}", flush=True)
+    net = None  # the DDP wrapper goes before its process group (distributed.cleanup)
     cleanup()
     return final if final is not None else out_dir / "checkpoints"
 

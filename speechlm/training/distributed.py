@@ -33,6 +33,7 @@ A crash at any point leaves a dot-folder that ``latest`` never names (the next s
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Callable
@@ -73,7 +74,14 @@ def setup_distributed(device_pref: str, strategy: str = "ddp") -> tuple[int, int
 
 
 def cleanup() -> None:
-    """Wait for every rank, then end the process group (if there is one)."""
+    """Wait for every rank, then end the process group (if there is one).
+
+    Callers drop their DDP wrapper first (``net = None``): a DDP Reducer freed *after* the group is destroyed
+    holds the group's last reference, and frees it on the main thread with the GIL held, while Gloo's worker
+    thread needs the GIL to free its last barrier's tensors; the join then waits forever (seen as a 1-in-4 hang of
+    a two-rank run at exit; pytorch/pytorch#56297). The collection below frees wrappers caught in cycles while
+    the group is still registered, so the group itself goes in ``destroy_process_group``."""
+    gc.collect()
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -549,6 +549,7 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         except FileNotFoundError:
             pass
         print(f"[speechlm] saved {final}", flush=True)
+    net = None  # the DDP wrapper goes before its process group (distributed.cleanup)
     cleanup()
     return final if final is not None else out_dir / CKPT_DIR
 
