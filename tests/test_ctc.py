@@ -296,3 +296,27 @@ def test_ctc_length_budget_caps_transcripts_only():
         toks = stream_generate(model, waves, prompts, [20, 20, 20], transcript=[True, True, False])
     assert [len(t) for t in toks[:2]] == caps[:2] and len(toks[2]) == 20
     assert ser.target != "text"
+
+
+def test_head_scores_scaled_cosine_and_leaves_E_without_gradient():
+    """logits = scale x cos(frame, [E rows of the vocabulary; blank]); the blank, the scale and the frames get the
+    gradients of that formula, and E (frozen, scored apart from the blank to save a [C+1, H] gradient) gets none."""
+    from speechlm.model.ctc import EmbeddingCTCHead
+
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(30, 8)
+    head = EmbeddingCTCHead(emb)
+    head.set_vocab([3, 7, 11, 29])
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    logits = head(x)  # [B, A, C+1]
+    table = torch.cat([emb.weight[[3, 7, 11, 29]].detach(), head.blank[None]])  # [C+1, H]
+    ref = head.log_scale.exp() * torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T
+    assert logits.shape == (2, 5, 5)
+    torch.testing.assert_close(logits, ref)
+    w = torch.randn_like(logits)
+    got = torch.autograd.grad((logits * w).sum(), [x, head.blank, head.log_scale])
+    want = torch.autograd.grad((ref * w).sum(), [x, head.blank, head.log_scale])
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r)
+    (head(x).sum()).backward()
+    assert emb.weight.grad is None

@@ -81,12 +81,15 @@ class EmbeddingCTCHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, A, H] -> logits [B, A, C+1] (blank last); C = V, or len(vocab) when restricted."""
-        e = self._embedding[0].weight.detach()  # [V, H], frozen: only the adapter, blank and scale learn
-        if len(self.vocab):
-            e = e[self.vocab]  # [C, H]
-        table = torch.cat([e, self.blank[None].to(e.dtype)]).to(x.dtype)  # [C+1, H]
-        table = nn.functional.normalize(table, dim=-1)
-        return self.log_scale.exp() * (nn.functional.normalize(x, dim=-1) @ table.T)  # [B, A, C+1]
+        # E's rows and the blank are scored apart: E is frozen, and a table that concatenated the learned blank
+        # to it would make autograd compute a [C+1, H] gradient (as costly as the scoring itself) for one row.
+        # The scale goes on x [B, A, H], not on the logits [B, A, C+1], for the same reason.
+        with torch.no_grad():  # frozen: only the adapter, blank and scale learn
+            e = self.token_table()  # [C, H]
+            e = nn.functional.normalize(e.to(x.dtype), dim=-1)
+        x = nn.functional.normalize(x, dim=-1) * self.log_scale.exp().to(x.dtype)  # [B, A, H]
+        blank = nn.functional.normalize(self.blank.to(x.dtype), dim=-1)  # [H]
+        return torch.cat([x @ e.T, (x @ blank)[..., None]], dim=-1)  # [B, A, C+1]
 
 
 def ctc_loss(logits: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]], blank: int) -> tuple[torch.Tensor, int]:
