@@ -217,13 +217,48 @@ def test_encode_from_features_matches_encode_audio(cached, tiny):
     assert float(loss_f) == pytest.approx(float(loss), rel=1e-3)
 
 
-def test_encode_from_features_needs_frozen_encoder(cached):
+def test_top_layers_run_on_features_cached_below_them(cached, tmp_path):
+    """model.train_encoder_layers=1: the cache holds the hidden states under the top layer (no final norm); the
+    model runs that layer and the norm on them, as from audio, and the layer gets gradients. The fingerprint covers
+    only the frozen part, and features cut at another depth are refused, naming both depths."""
     from speechlm.model.builders import speechlm_tiny
 
+    torch.manual_seed(0)
     model = speechlm_tiny(train_encoder_layers=1)
-    cuts = read_manifest(cached[1])
-    with pytest.raises(ValueError, match="frozen encoder"):
-        encode_from_features(model, [load_features(c) for c in cuts])
+    manifest, whole = cached
+    out = cache_features(manifest, model.encoder, tmp_path / "below", batch_seconds=4.0, progress=False, below_top=1)
+    meta = json.loads((out.parent / "features.json").read_text())
+    assert meta["below_top"] == 1 and meta["fingerprint"] == encoder_fingerprint(model.encoder, below_top=1)
+    cuts = read_manifest(out)
+    frames = [load_features(c) for c in cuts]
+    with torch.no_grad():
+        audio, lengths = model.encode_audio(_waves(cuts))  # [B, A, H], the top layer run from audio
+        audio_f, lengths_f = encode_from_features(model, frames)
+        hidden, _ = model.encoder(_waves(cuts)[:1], below_top=1)  # what was cached: no final norm
+    assert torch.equal(lengths, lengths_f)
+    assert float((audio - audio_f).abs().max()) < 1e-2 * float(audio.abs().max())
+    assert torch.allclose(frames[0], hidden[0], rtol=2 * FP16_REL, atol=2e-5)
+    # training from them reaches the top layer (and only it)
+    a, _ = model.adapt([], frames=frames)
+    a.square().mean().backward()
+    top, low = model.encoder.encoder.layers[-1], model.encoder.encoder.layers[0]
+    assert top.fc1.weight.grad is not None and float(top.fc1.weight.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in low.parameters())
+    # the trained layer and the norm are outside the fingerprint; a frozen layer is inside
+    fp = encoder_fingerprint(model.encoder, below_top=1)
+    with torch.no_grad():
+        top.fc1.weight.add_(1.0)
+        model.encoder.encoder.layer_norm.weight.add_(1.0)
+    assert encoder_fingerprint(model.encoder, below_top=1) == fp
+    verify_features(out, model.encoder, below_top=1)
+    with torch.no_grad():
+        low.fc1.weight[0, 0] += 1e-3
+    assert encoder_fingerprint(model.encoder, below_top=1) != fp
+    # another depth than the model's is refused either way
+    with pytest.raises(FeatureMismatchError, match="below the top 1 layer.*whole encoder's output"):
+        verify_features(out, model.encoder, below_top=0)
+    with pytest.raises(FeatureMismatchError, match="whole encoder's output.*below the top 1 layer"):
+        verify_features(whole, model.encoder, below_top=1)
 
 
 def test_rerun_skips_and_resumes(cached, tiny, capsys):

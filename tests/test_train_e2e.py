@@ -14,7 +14,8 @@ import torch
 from speechlm.cli import main
 from speechlm.config import load_recipe
 from speechlm.data.manifest import ManifestError
-from speechlm.checkpoint import load_checkpoint
+from speechlm.model.features import FeatureMismatchError
+from speechlm.checkpoint import load_checkpoint, load_training_state
 from speechlm.checkpoint.state import load_state
 from speechlm.training.loop import train
 
@@ -195,8 +196,21 @@ def test_training_from_cached_features_matches_audio(tone_manifest, tmp_path):
     a, b = _losses(audio_run), _losses(feat_run)
     for step in a:  # fp16 storage of the frames: agreement to about 1e-3 relative
         assert abs(a[step] - b[step]) < 2e-3 * abs(a[step]), (step, a[step], b[step])
-    with pytest.raises(ValueError, match="frozen encoder"):
+    # a recipe that trains the top encoder layer needs frames cached below it, and says so
+    with pytest.raises(FeatureMismatchError, match="below the top 1 layer"):
         train(_cfg(feats, tmp_path / "x", "train.max_steps=1", "model.train_encoder_layers=1"), progress=False)
+    # with them (prepare --below-top 1) it trains that layer on the cached frames as it would from audio
+    assert main(["prepare", "manifest", str(tone_manifest), str(tmp_path / "prep1"), "--features", "--encoder", "tiny-whisper",
+                 "--below-top", "1"]) == 0
+    below = tmp_path / "prep1" / "features" / tone_manifest.stem / "manifest.jsonl"
+    top = ("train.max_steps=3", "model.train_encoder_layers=1", "train.encoder_lr=3e-4")
+    train(_cfg(tone_manifest, tmp_path / "top_audio", *top), progress=False)
+    train(_cfg(below, tmp_path / "top_feats", *top), progress=False)
+    a, b = _losses(tmp_path / "top_audio"), _losses(tmp_path / "top_feats")
+    for step in a:
+        assert abs(a[step] - b[step]) < 2e-3 * abs(a[step]), (step, a[step], b[step])
+    _, state, _ = load_training_state(tmp_path / "top_feats")
+    assert [g["initial_lr"] for g in state["optimizer"]["param_groups"]][1:] == [3e-4]  # the encoder's group apart
 
 
 def test_prepare_check_exit_codes(tone_manifest, tmp_path, capsys):

@@ -119,7 +119,7 @@ def corpora() -> dict[str, Callable[..., dict[str, Path]]]:
 
 
 def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", shards: int = 0, features: bool = False,
-            encoder: str = "whisper-tiny.en", answer_questions: bool = False, llm: str = "smollm2-135m-instruct",
+            encoder: str = "whisper-tiny.en", below_top: int = 0, answer_questions: bool = False, llm: str = "smollm2-135m-instruct",
             n: int = 200, seed: int = 0, workers: int = 2, recipe: str = "units", set: list[str] = ()) -> int:
     """Prepare a corpus into JSONL manifests (`speechlm ls corpora`), or check a manifest with --check;
     `prepare units MANIFEST OUT` fits a speech tokenizer, `prepare vocoder MANIFEST TOKENIZER_DIR` trains its vocoder.
@@ -131,6 +131,8 @@ def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", sha
     shards: also write tar shards of at most this many cuts for streaming (0: no shards).
     features: also cache the frozen encoder's outputs, so training reads them instead of audio.
     encoder: encoder whose features are cached (registry name, folder or hub id).
+    below_top: cache the hidden states below the encoder's top N layers instead of its output, for a recipe that
+      trains them (model.train_encoder_layers=N): those layers then run on the cached frames at every step.
     answer_questions: fill `answer` of spoken-question lines with the LLM's own reply to the question as text (the sttc reference).
     llm: the LLM that answers (registry name, folder or hub id).
     n: synthetic, synthetic-broad, multitask: utterances to synthesize; real, real-multitask: cap on training clips per source; pseudo: cap on clips to label (0: no cap).
@@ -176,7 +178,7 @@ def prepare(corpus: str = "", src: str = "", out: str = "", check: str = "", sha
         from speechlm.model.features import cache_features
 
         for split, path in paths.items():
-            manifest = cache_features(path, encoder, out_dir / "features" / split)
+            manifest = cache_features(path, encoder, out_dir / "features" / split, below_top=below_top)
             print(f"{split}\tfeatures: {manifest}", flush=True)
     return 0
 

@@ -149,8 +149,10 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
         from speechlm.model.features import cache_features
 
         t1 = time.time()
-        print("[speechlm demo] caching the frozen encoder's outputs for the training clips", flush=True)
-        train_manifest = cache_features(train_manifest, recipe_cfg.model.encoder, data / "features")
+        top = recipe_cfg.model.train_encoder_layers  # trained top layers run at every step: cache below them
+        print("[speechlm demo] caching the frozen encoder's outputs for the training clips"
+              + (f" (below its top {top} layer(s), which train)" if top else ""), flush=True)
+        train_manifest = cache_features(train_manifest, recipe_cfg.model.encoder, data / "features", below_top=top)
         timing["features_min"] = (time.time() - t1) / 60
 
     print(f"[speechlm demo] 2/3 training {steps} steps" + (f", at most {minutes:g} min" if minutes else ""), flush=True)

@@ -101,7 +101,7 @@ def build_speechlm(cfg: ModelConfig, seed: int = 0, device: str | torch.device |
     dtype = backbone_dtype(cfg.dtype)
     attn = resolve_attn_implementation(cfg.attn_implementation, dtype, device)
     whisper = load_encoder(cfg.encoder, dtype, attn)
-    encoder = SpeechEncoder(whisper, pad_to_30s=cfg.pad_audio_to_30s)
+    encoder = SpeechEncoder(whisper, pad_to_30s=cfg.pad_audio_to_30s, top_layers=cfg.train_encoder_layers)
     encoder.requires_grad_(False)
     if cfg.train_encoder_layers > 0:
         for layer in whisper.layers[-cfg.train_encoder_layers:]:

@@ -10,6 +10,11 @@ and the layers run on the real frames, with the positional table sliced to F pos
 mask over the padding between clips of one batch. ``pad_to_30s=True`` keeps Whisper's own setup for
 comparison (the output is then cut back to the real frames).
 
+**Top layers on cached frames.** ``top_layers`` (N, set from ``model.train_encoder_layers``) says which layers
+may train. Cached features of such a model are the hidden states below those layers (``forward(waves,
+below_top=N)``: the stem and the frozen layers, no final norm); :meth:`forward_top` runs the top N layers and the
+final norm on them, so training from cached features costs only the trained layers (speechlm.model.features).
+
 The padding mask takes the form the encoder's attention kernel reads (``config._attn_implementation``): a boolean
 [B, 1, 1, F] for SDPA (any query dtype), a [B, F] keep mask for flash-attention (transformers unpads by it), an
 additive float mask in the scores' dtype for eager. The weights may be bf16 (``model.dtype``) with the trained top
@@ -45,10 +50,13 @@ def mel_filters(n_mels: int = 80) -> torch.Tensor:
 class SpeechEncoder(nn.Module):
     """Wraps a Hugging Face ``WhisperEncoder``; ``forward(waves)`` -> (frames [B, F, D], lengths [B])."""
 
-    def __init__(self, whisper_encoder: nn.Module, pad_to_30s: bool = False):
+    def __init__(self, whisper_encoder: nn.Module, pad_to_30s: bool = False, top_layers: int = 0):
         super().__init__()
         self.encoder = whisper_encoder
         self.pad_to_30s = pad_to_30s
+        if not 0 <= top_layers <= len(whisper_encoder.layers):
+            raise ValueError(f"top_layers={top_layers}: the encoder has {len(whisper_encoder.layers)} layers")
+        self.top_layers = top_layers  # the layers that may train, and that cached features stop below
         n_mels = whisper_encoder.config.num_mel_bins
         self.register_buffer("filters", mel_filters(n_mels), persistent=False)  # [M, 201]
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)  # [400]
@@ -86,7 +94,9 @@ class SpeechEncoder(nn.Module):
         batch = torch.stack([nn.functional.pad(m, (0, t_max - m.shape[1])) for m in mels])
         return batch, lengths  # [B, M, T]
 
-    def forward(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, waves: list[torch.Tensor], below_top: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """waves -> frames [B, F, D] (zero past each clip's end) and lengths [B]. ``below_top`` N > 0 stops below
+        the top N layers and skips the final norm: the hidden states :meth:`forward_top` takes."""
         mel, mel_lengths = self.features(waves)  # [B, M, T], [B]
         if mel.shape[-1] > 2 * self.max_frames:
             raise ValueError(f"audio longer than {2 * self.max_frames * HOP / SAMPLE_RATE:.0f} s reached the encoder")
@@ -101,22 +111,45 @@ class SpeechEncoder(nn.Module):
         x = x.transpose(1, 2)  # [B, F, D]
         f = x.shape[1]
         x = x + enc.embed_positions.weight[:f]  # slice the learned/sinusoidal table to the real length
+        if not 0 <= below_top <= len(enc.layers):
+            raise ValueError(f"below_top={below_top}: the encoder has {len(enc.layers)} layers")
+        x = self._layers(x, lengths, enc.layers[: len(enc.layers) - below_top])  # [B, F, D]
+        if below_top == 0:
+            x = self._norm(x)
+        if self.pad_to_30s:
+            x = x[:, : int(lengths.max())]
+        return self._zero_padding(x, lengths), lengths
+
+    def forward_top(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Hidden states below the top ``top_layers`` layers [B, F, D] (zero padded; cached features) -> the
+        encoder's output [B, F, D]: those layers, then the final norm, as :meth:`forward` would run them."""
+        enc = self.encoder
+        x = self._layers(hidden, lengths, enc.layers[len(enc.layers) - self.top_layers:])
+        return self._zero_padding(self._norm(x), lengths)
+
+    def _layers(self, x: torch.Tensor, lengths: torch.Tensor, layers) -> torch.Tensor:
+        """x [B, F, D] through ``layers``, with a padding mask when a clip is shorter than F."""
+        f = x.shape[1]
         valid = None
         if not self.pad_to_30s and lengths.min() < f:
             valid = torch.arange(f, device=x.device)[None, :] < lengths.to(x.device)[:, None]  # [B, F]
-        for layer in enc.layers:
+        for layer in layers:
             dtype = next(layer.parameters()).dtype  # fp32 for a trained top layer over bf16 frozen ones
             x = x.to(dtype)
             out = layer(x, self.attention_mask(valid, dtype) if valid is not None else None)
             x = out[0] if isinstance(out, tuple) else out  # transformers 4.x returns a tuple, 5.x a tensor
-        norm_weight = getattr(enc.layer_norm, "weight", None)  # None: an Identity (a tokenizer's middle-layer view)
-        x = enc.layer_norm(x if norm_weight is None else x.to(norm_weight.dtype))  # [B, F, D]
-        if self.pad_to_30s:
-            x = x[:, : int(lengths.max())]
-        # Zero the frames past each clip's end: the adapter stacks/convolves neighbours, and a clip's output
-        # must not depend on which longer clips share its batch.
+        return x
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        norm_weight = getattr(self.encoder.layer_norm, "weight", None)  # None: an Identity (a middle-layer view)
+        return self.encoder.layer_norm(x if norm_weight is None else x.to(norm_weight.dtype))  # [B, F, D]
+
+    @staticmethod
+    def _zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Zero the frames past each clip's end, in fp32: the adapter stacks/convolves neighbours, and a clip's
+        output must not depend on which longer clips share its batch."""
         keep = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]  # [B, F]
-        return (x * keep[..., None]).float(), lengths
+        return (x * keep[..., None]).float()
 
     def attention_mask(self, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Padding mask from ``valid`` [B, F] (True on real frames) in the form the attention kernel reads; ``dtype``

@@ -24,6 +24,12 @@ The **fingerprint** (:func:`encoder_fingerprint`) hashes the encoder weights, th
 its computation, ``pad_to_30s`` and :data:`FEATURES_VERSION`; :func:`verify_features` refuses features
 computed by a different encoder, and training should call it at start-up.
 
+**Below trained top layers** (``below_top=N``, for ``model.train_encoder_layers: N``): the cached frames are then
+the hidden states under the encoder's top N layers (no final norm), and the model runs those N layers and the norm
+on them at every step (:meth:`SpeechEncoder.forward_top`). Only the frozen part is cached and fingerprinted (the
+stem and the lower layers), so the features stay valid while the top layers train; ``features.json`` records
+``"below_top": N`` and :func:`verify_features` refuses frames cut at another depth.
+
 Re-running is safe and cheap: a finished folder with the same fingerprint and input manifest is left as is;
 an interrupted run keeps the shards already written (each shard's metadata holds the fingerprint and a digest
 of its cuts) and computes the rest. Every file is written atomically (temp file + rename).
@@ -95,9 +101,10 @@ def _resolve_encoder(encoder: Any) -> tuple[nn.Module, str]:
     raise TypeError(f"encoder must be a registry name, a SpeechEncoder or a Whisper encoder, got {type(encoder).__name__}")
 
 
-def encoder_fingerprint(encoder: nn.Module) -> str:
+def encoder_fingerprint(encoder: nn.Module, below_top: int = 0) -> str:
     """``sha256:...`` of a SpeechEncoder's weights (names, dtypes, shapes, bytes), computation-relevant config and
-    ``pad_to_30s``: two encoders with the same fingerprint produce the same frames."""
+    ``pad_to_30s``: two encoders with the same fingerprint produce the same frames. With ``below_top`` N > 0 only
+    what computes the frames below the top N layers counts (the top layers and the final norm may have trained)."""
     from speechlm.model.encoder import SpeechEncoder
 
     enc = encoder if isinstance(encoder, SpeechEncoder) else _resolve_encoder(encoder)[0]
@@ -105,8 +112,15 @@ def encoder_fingerprint(encoder: nn.Module) -> str:
     cfg = enc.encoder.config
     ident = {"version": FEATURES_VERSION, "class": type(enc.encoder).__name__, "pad_to_30s": bool(enc.pad_to_30s),
              **{k: getattr(cfg, k, None) for k in _CONFIG_KEYS}}
+    skip: tuple[str, ...] = ()
+    if below_top:
+        n = len(enc.encoder.layers)
+        ident["below_top"] = below_top  # absent for whole-encoder features: their fingerprints did not change
+        skip = ("layer_norm.", *(f"layers.{i}." for i in range(n - below_top, n)))
     h.update(json.dumps(ident, sort_keys=True).encode())
     for name, t in sorted(enc.encoder.state_dict().items()):
+        if name.startswith(skip):
+            continue
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
@@ -156,8 +170,9 @@ def read_features_meta(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(meta.read_text(encoding="utf-8"))
 
 
-def verify_features(path: str | os.PathLike, encoder: Any) -> dict[str, Any]:
-    """Check that the features folder (or its manifest) was computed, completely, by ``encoder``.
+def verify_features(path: str | os.PathLike, encoder: Any, below_top: int = 0) -> dict[str, Any]:
+    """Check that the features folder (or its manifest) was computed, completely, by ``encoder``, below its top
+    ``below_top`` layers (0: the whole encoder).
 
     ``encoder``: a SpeechEncoder / registry name, or a fingerprint string. Returns features.json's content.
 
@@ -166,7 +181,16 @@ def verify_features(path: str | os.PathLike, encoder: Any) -> dict[str, Any]:
         FileNotFoundError: no features.json.
     """
     meta = read_features_meta(path)
-    fp = encoder if isinstance(encoder, str) and encoder.startswith("sha256:") else encoder_fingerprint(_resolve_encoder(encoder)[0])
+    if int(meta.get("below_top", 0)) != below_top:
+        def depth(n):
+            return f"below the top {n} layer(s)" if n else "the whole encoder's output"
+
+        raise FeatureMismatchError(
+            f"{path}: the features are {depth(int(meta.get('below_top', 0)))}, but this model needs "
+            f"{depth(below_top)} (model.train_encoder_layers={below_top}); recompute them "
+            f"(`speechlm prepare ... --features --below-top {below_top}`) or train from audio")
+    fp = encoder if isinstance(encoder, str) and encoder.startswith("sha256:") else encoder_fingerprint(
+        _resolve_encoder(encoder)[0], below_top)
     if meta.get("fingerprint") != fp:
         raise FeatureMismatchError(
             f"{path}: features were computed by encoder {meta.get('encoder')!r} (fingerprint {str(meta.get('fingerprint'))[:23]}...), "
@@ -297,6 +321,7 @@ def cache_features(
     device: str | torch.device | None = None,
     overwrite: bool = False,
     skip_bad: bool = False,
+    below_top: int = 0,
 ) -> Path:
     """Encode every cut of ``manifest`` once and store the frames; returns ``out_dir/manifest.jsonl``.
 
@@ -312,6 +337,8 @@ def cache_features(
         device: where the encoder runs (default: where its weights are; "auto": CUDA if available).
         overwrite: replace features of another encoder in ``out_dir`` instead of raising.
         skip_bad: drop cuts whose audio cannot be read (listed in features.json ``"skipped"``) instead of raising.
+        below_top: store the hidden states below the encoder's top N layers (no final norm), for a model that
+            trains those layers (``model.train_encoder_layers: N``); 0 stores the encoder's output.
 
     Raises:
         FeatureMismatchError: ``out_dir`` holds features of another encoder (and not ``overwrite``).
@@ -323,7 +350,10 @@ def cache_features(
     out = Path(out_dir)
     manifest = Path(manifest)
     enc, name = _resolve_encoder(encoder_name_or_model)
-    fp = encoder_fingerprint(enc)
+    if below_top and enc.pad_to_30s:
+        raise ValueError("below_top needs real-length encoding: padded-to-30-s features are cut back to the real "
+                         "frames, and the top layers would then see another context than they do from audio")
+    fp = encoder_fingerprint(enc, below_top)
     meta_path, out_manifest = out / "features.json", out / "manifest.jsonl"
     manifest_sha = _sha256_file(manifest)
     old: dict[str, Any] = {}
@@ -346,6 +376,7 @@ def cache_features(
     meta: dict[str, Any] = {
         "encoder": name, "fingerprint": fp, "features_version": FEATURES_VERSION,
         "dim": int(enc.dim), "frame_rate": 50, "dtype": "float16", "pad_to_30s": bool(enc.pad_to_30s),
+        "below_top": below_top,
         "source_manifest": str(manifest.resolve()), "source_manifest_sha256": manifest_sha,
         "cuts": len(cuts), "complete": False, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -405,7 +436,7 @@ def cache_features(
                 if good:
                     t0 = time.perf_counter()
                     with torch.inference_mode():
-                        frames, lengths = enc([w.to(dev) for _, w in good])  # [B, F, D], [B]
+                        frames, lengths = enc([w.to(dev) for _, w in good], below_top=below_top)  # [B, F, D], [B]
                     encode_s += time.perf_counter() - t0
                     for j, (i, _) in enumerate(good):
                         f32 = frames[j, : int(lengths[j])].float().cpu()  # [F_i, D]
@@ -491,11 +522,9 @@ def encode_from_features(model, frames_list: list[torch.Tensor]) -> tuple[torch.
     would give for the same clips: frames padded with zeros (what the encoder leaves past a clip's end),
     then ``model.adapter(frames, lengths)`` and ``model.adapter.out_lengths(lengths)``.
 
-    Only valid with a frozen encoder: with trainable encoder layers the cached frames go stale after one step.
+    A model with trained top encoder layers (``model.encoder.top_layers``) takes frames cached below them
+    (``below_top``) and runs those layers first.
     """
-    if any(p.requires_grad for p in model.encoder.parameters()):
-        raise ValueError("cached features need a frozen encoder (model.train_encoder_layers = 0); "
-                         "this model trains encoder layers, so encode from audio")
     if not frames_list:
         raise ValueError("encode_from_features: empty batch")
     dim = frames_list[0].shape[-1]
@@ -506,6 +535,8 @@ def encode_from_features(model, frames_list: list[torch.Tensor]) -> tuple[torch.
     frames = p.new_zeros(len(frames_list), int(lengths.max()), dim)  # [B, F, D]
     for i, f in enumerate(frames_list):
         frames[i, : f.shape[0]] = f.to(device=p.device, dtype=p.dtype)
+    if model.encoder.top_layers:
+        frames = model.encoder.forward_top(frames, lengths)  # [B, F, D]
     audio = model.adapter(frames, lengths)  # [B, A, H]
     return audio, model.adapter.out_lengths(lengths)
 

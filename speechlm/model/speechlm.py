@@ -226,15 +226,16 @@ class SpeechLM(nn.Module):
     def adapt(self, waves: list[torch.Tensor], frames: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """waves (or cached encoder frames) -> adapter output [B, A, H] and its lengths [B]."""
         frozen = not any(p.requires_grad for p in self.encoder.parameters())
-        if frames is not None:
-            if not frozen:
-                raise ValueError("cached encoder features need a frozen encoder (model.train_encoder_layers=0)")
+        if frames is not None:  # cached: the encoder's output, or the hidden states below its top_layers
             lengths = torch.tensor([f.shape[0] for f in frames])  # [B]
             p = next(self.adapter.parameters())
             padded = p.new_zeros(len(frames), int(lengths.max()), frames[0].shape[-1])  # [B, F, D], zero padding
             for i, f in enumerate(frames):
                 padded[i, : f.shape[0]] = f.to(p.device, p.dtype)
             frames = padded
+            if self.encoder.top_layers:
+                with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+                    frames = self.encoder.forward_top(frames, lengths)  # [B, F, D]
         else:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
                 frames, lengths = self.encoder(waves)  # [B, F, D], [B]

@@ -67,6 +67,16 @@ def lr_lambda(warmup: int, total: int, floor: float = 0.1, stage_steps: list[int
     return f
 
 
+def param_groups(params: list[torch.nn.Parameter], model: SpeechLM, train_cfg) -> list:
+    """AdamW's parameter groups: one, or with ``train.encoder_lr`` the trained encoder layers apart at that rate."""
+    if not train_cfg.encoder_lr:
+        return params
+    enc = {id(p) for p in model.encoder.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in enc]},
+              {"params": [p for p in params if id(p) in enc], "lr": train_cfg.encoder_lr}]
+    return [g for g in groups if g["params"]]
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
@@ -260,10 +270,8 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         else:
             from speechlm.model.features import verify_features
 
-            if cfg.model.train_encoder_layers > 0:
-                raise ValueError(f"{cfg.data.train_manifest}: cached features need a frozen encoder; "
-                                 "set model.train_encoder_layers=0 or data.use_features=false")
-            verify_features(cfg.data.train_manifest, model.encoder)  # refuses another encoder's features
+            # refuses another encoder's features, or frames cut at another depth than the trained top layers
+            verify_features(cfg.data.train_manifest, model.encoder, below_top=cfg.model.train_encoder_layers)
     if cfg.data.frame_mask and not (cuts and "features" in cuts[0].labels):
         raise ValueError("data.frame_mask masks cached encoder frames: the training manifest needs them "
                          "(speechlm prepare --features) and data.use_features=true")
@@ -364,7 +372,7 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
     named = [(n, p) for n, p in model.named_parameters() if n in model.trainable_names]
     params = [p for _, p in named]
     whole = replicated(params) if fsdp else []  # parameters FSDP could not shard (0-dim)
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(params, model, cfg.train), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
         cfg.train.warmup_steps, cfg.train.max_steps, stage_steps=[st.steps for st in stages] if cfg.train.stage_schedule else None))
     if resume:
