@@ -4,6 +4,8 @@ Fixed steps, not minutes, so a busy CPU slows an arm without changing its result
 
     python benchmarks/bench_ctc_ablation.py --name ls --train FEATURES/manifest.jsonl --steps 1000 \\
         --dev runs/demo/data/real/test_open.jsonl --val runs/demo/data/val.jsonl [--set data.frame_mask=0.1 ...]
+    (the demo recipe trains Whisper's top layer: its features come from `prepare manifest ... --features
+    --below-top 1`; `--set model.train_encoder_layers=0` takes whole-encoder features and trains the adapter alone)
     python benchmarks/bench_ctc_ablation.py --name baseline-step1000 --score runs/demo_b/checkpoints/step-001000 ...
     python benchmarks/bench_ctc_ablation.py --name decoding-D --decoding runs/demo_d --dev ...   # LLM decoding variants
 
@@ -98,7 +100,9 @@ def main() -> int:
         from speechlm.config import load_recipe
         from speechlm.training.loop import train
 
-        stage = f"[{{steps: {a.steps}, tasks: [asr], trainable: adapter, lm: 0, ctc: 1}}]"
+        # the adapter, and Whisper's top layers when the recipe trains them (features cached --below-top N)
+        trainable = "[adapter, encoder]" if load_recipe(a.recipe, list(a.set)).model.train_encoder_layers else "adapter"
+        stage = f"[{{steps: {a.steps}, tasks: [asr], trainable: {trainable}, lm: 0, ctc: 1}}]"
         cfg = load_recipe(a.recipe, [f"data.train_manifest={a.train}", f"train.out_dir={Path(a.work) / a.name}",
                                      f"train.max_steps={a.steps}", "train.max_minutes=0", f"train.save_every={a.steps}",
                                      "train.eval_every=0", f"train.stages={stage}", *a.set])
