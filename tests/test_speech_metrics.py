@@ -85,6 +85,17 @@ def test_short_or_empty_waves_name_the_argument(tmp_path):
         sm.spectrogram_png({"a": ok, "b": ok[:10]}, tmp_path / "x.png")
 
 
+def test_the_ladder_scores_a_too_short_resynthesis_without_signal_metrics(voices):
+    """A vocoder may predict a few frames for a short digit (0.08 s): the ladder marks that pair too_short and
+    leaves it out of MCD/F0/STOI instead of stopping (a 7-minute vocoder run was lost to it once)."""
+    from speechlm.evaluation.resynthesis import QUALITY, _quality
+
+    short = _quality(voices["m3"], voices["m3"][:1280])
+    assert short["too_short"] and all(short[q] is None for q in QUALITY)
+    full = _quality(voices["m3"], voices["m3"])
+    assert "too_short" not in full and full["mcd_db"] == pytest.approx(0.0, abs=1e-6)
+
+
 # --------------------------------------------------------------------------------------- on real speech
 
 

@@ -99,13 +99,16 @@ def run_ladder(tokenizer: Any, vocoder: Any, subsets: dict[str, list], out: Path
             timing["asr_s"] += time.time() - t
             t = time.time()
             # dio F0 (not Harvest): ~10x cheaper per pair, and the ladder compares rungs measured the same way
-            quality = [speech_quality(audio["original"][i], audio[name][i], f0_method="dio") if name != "original" else {}
+            quality = [_quality(audio["original"][i], audio[name][i]) if name != "original" else {}
                        for i in range(len(cuts))]
             timing["metrics_s"] += time.time() - t
             for i, cut in enumerate(cuts):
                 rows.append({"subset": subset, "rung": name, "id": cut.id, "ref": cut.text, "hyp": hyps[i],
                              "wer": utterance_wer(cut.text, hyps[i]), **quality[i]})
             entry: dict[str, Any] = {"wer": wer_details(refs, hyps)["wer"], "n": len(cuts)}
+            too_short = sum(1 for r in quality if r.get("too_short"))
+            if too_short:  # scored for WER (Whisper hears next to nothing), left out of the signal metrics
+                entry["too_short"] = too_short
             for q in QUALITY:
                 vals = [r[q] for r in quality if r.get(q) is not None and np.isfinite(r[q])]
                 entry[q] = float(np.mean(vals)) if vals else None
@@ -116,6 +119,16 @@ def run_ladder(tokenizer: Any, vocoder: Any, subsets: dict[str, list], out: Path
     write_json(out / "ladder.json", result)
     write_text(out / "ladder.md", ladder_markdown(result))
     return result
+
+
+def _quality(ref: np.ndarray, syn: np.ndarray) -> dict[str, Any]:
+    """speech_quality of one pair; a resynthesis shorter than the metrics' minimum (a vocoder that predicted a few
+    frames for a short digit) has no signal metrics, marked ``too_short``, instead of stopping the whole ladder."""
+    from speechlm.evaluation.speech_metrics import MIN_SECONDS, SAMPLE_RATE, speech_quality
+
+    if min(len(ref), len(syn)) < MIN_SECONDS * SAMPLE_RATE:
+        return {q: None for q in QUALITY} | {"too_short": True}
+    return speech_quality(ref, syn, f0_method="dio")
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
