@@ -176,10 +176,11 @@ class CTCHead(nn.Module):
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """x [B, A, H], embedding [V, H] -> logits [B, A, C+1] (blank last)."""
-        e = self.token_table(embedding)  # [C, H]
-        table = torch.cat([e, self.blank[None].to(e.dtype)]).to(x.dtype)  # [C+1, H]
-        table = nn.functional.normalize(table, dim=-1)
-        return self.log_scale.exp() * (nn.functional.normalize(x, dim=-1) @ table.T)  # [B, A, C+1]
+        # computed as speechlm.model.ctc.EmbeddingCTCHead does, operation for operation, so the two agree bit for bit
+        e = nn.functional.normalize(self.token_table(embedding).to(x.dtype), dim=-1)  # [C, H]
+        x = nn.functional.normalize(x, dim=-1) * self.log_scale.exp().to(x.dtype)  # [B, A, H]
+        blank = nn.functional.normalize(self.blank.to(x.dtype), dim=-1)  # [H]
+        return torch.cat([x @ e.T, (x @ blank)[..., None]], dim=-1)  # [B, A, C+1]
 
 
 class EndTurnAtCap(LogitsProcessor):
