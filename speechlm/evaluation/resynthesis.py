@@ -64,7 +64,7 @@ def run_ladder(tokenizer: Any, vocoder: Any, subsets: dict[str, list], out: Path
     from tqdm.auto import tqdm
 
     from speechlm.data.audio import load_audio, write_audio
-    from speechlm.evaluation.speech_metrics import speech_quality, spectrogram_png
+    from speechlm.evaluation.speech_metrics import spectrogram_png
     from speechlm.evaluation.wer import utterance_wer, wer_details
 
     if asr is None:
