@@ -530,15 +530,7 @@ def encode_from_features(model, frames_list: list[torch.Tensor]) -> tuple[torch.
     dim = frames_list[0].shape[-1]
     if dim != model.encoder.dim:
         raise ValueError(f"features have width {dim} but the model's encoder has {model.encoder.dim}: another encoder")
-    p = next(model.adapter.parameters())
-    lengths = torch.tensor([f.shape[0] for f in frames_list])  # [B] on CPU, as SpeechEncoder returns them
-    frames = p.new_zeros(len(frames_list), int(lengths.max()), dim)  # [B, F, D]
-    for i, f in enumerate(frames_list):
-        frames[i, : f.shape[0]] = f.to(device=p.device, dtype=p.dtype)
-    if model.encoder.top_layers:
-        frames = model.encoder.forward_top(frames, lengths)  # [B, F, D]
-    audio = model.adapter(frames, lengths)  # [B, A, H]
-    return audio, model.adapter.out_lengths(lengths)
+    return model.adapt([], frames=frames_list)  # pads, runs the trained top layers if any, then the adapter
 
 
 def forward_from_features(model, batch, frames_list: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
