@@ -86,12 +86,16 @@ def read_registry(module: str, name: str) -> dict[str, str]:
     if node is None or not isinstance(node.value, ast.Dict):
         raise AttributeError(f"{module} has no dict literal {name!r}")
     defs = _defs(tree)
+    imported = {a.asname or a.name: n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module
+                for a in n.names}  # a class imported from a sibling module is read from that module's source
     out: dict[str, str] = {}
     for k, v in zip(node.value.keys, node.value.values):
         key = ast.literal_eval(k)
         if isinstance(v, ast.Constant) and isinstance(v.value, str):
             out[key] = v.value
         elif isinstance(v, ast.Name):
+            if v.id not in defs and v.id in imported:
+                defs = {**defs, **{d: n for d, n in _defs(_module_ast(imported[v.id])).items() if d == v.id}}
             out[key] = _first_line(ast.get_docstring(defs[v.id])) if v.id in defs else v.id
         elif isinstance(v, ast.Call):
             out[key] = ", ".join(f"{kw.arg}={ast.literal_eval(kw.value)}" for kw in v.keywords)

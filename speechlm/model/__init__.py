@@ -2,6 +2,8 @@
 
 * :mod:`~speechlm.model.encoder` - :class:`SpeechEncoder`: any Whisper-family encoder on the real audio length.
 * :mod:`~speechlm.model.adapter` - the adapter registry :data:`ADAPTERS` (``stack``: Ultravox, ``conv``: SpeechVerse/OSUM).
+* :mod:`~speechlm.model.whisper_anchor` - the ``whisper-decoder`` anchor adapter: Whisper's own frozen decoder's
+  states projected into the LLM (SALSA).
 * :mod:`~speechlm.model.speechlm` - :class:`SpeechLM`, :class:`Batch`, the prompt formatter and the splice.
 * :mod:`~speechlm.model.builders` - :func:`build_speechlm` from a :class:`~speechlm.config.ModelConfig`, named sizes.
 * :mod:`~speechlm.model.features` - cached frozen-encoder outputs and the forward pass that reads them.

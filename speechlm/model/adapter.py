@@ -118,5 +118,9 @@ class StackTransformer(nn.Module):
         return self.out_norm(y) if self.out_norm is not None else y
 
 
-ADAPTERS: dict[str, type[nn.Module]] = {"stack": StackingProjector, "conv": ConvDownsampler, "stack-tf": StackTransformer}
-"""Adapter registry, keyed by the name used in recipes (`model.adapter`)."""
+from speechlm.model.whisper_anchor import WhisperDecoderAdapter  # noqa: E402  (the registry lists it beside the others)
+
+ADAPTERS: dict[str, type[nn.Module]] = {"stack": StackingProjector, "conv": ConvDownsampler, "stack-tf": StackTransformer,
+                                        "whisper-decoder": WhisperDecoderAdapter}
+"""Adapter registry, keyed by the name used in recipes (`model.adapter`). ``whisper-decoder`` (speechlm.model.whisper_anchor)
+wraps Whisper's frozen decoder, so the builder constructs it from the loaded Whisper rather than from this table."""

