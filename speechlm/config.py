@@ -68,6 +68,10 @@ class ModelConfig:
     ctc_vocab: str = "train"
     """Tokens the CTC head scores: `train` (those of the training transcripts, several times cheaper than all of
     SmolLM2's 49k; set when training starts and saved in the checkpoint) or `all`."""
+    ctc_vocab_size: int = 0
+    """With `ctc_vocab: train`, keep only the N most frequent tokens of the training transcripts, plus the
+    one-character tokens needed to spell the rest; a CTC target token outside them is spelled with them (longest
+    match first). Frequent pieces get many examples each and compose words never trained on; 0: every training token."""
     ctc_length_budget: float = 0.0
     """Decoding with a CTC head: cap a transcript (tasks whose answer is the transcript, target `text`) at this factor
     times the token count of the clip's greedy CTC transcript, plus one, then end the turn; 0: no cap. The CTC says

@@ -320,3 +320,64 @@ def test_head_scores_scaled_cosine_and_leaves_E_without_gradient():
         torch.testing.assert_close(g, r)
     (head(x).sum()).backward()
     assert emb.weight.grad is None
+
+
+def test_frequent_vocabulary_spells_the_other_tokens_with_its_pieces():
+    """`model.ctc_vocab_size`: the N most frequent training tokens plus one-character tokens; a target token outside
+    them becomes its pieces (longest first), whose strings join to the token's own, and decoding them gives the text."""
+    from speechlm.backbones.llm import build_tiny_tokenizer
+    from speechlm.model.ctc import EmbeddingCTCHead, frequent_vocab
+
+    tok = build_tiny_tokenizer(600)
+    texts = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog", "the mat the log the cat"]
+    targets = [tok(t, add_special_tokens=False).input_ids for t in texts]
+    vocab = frequent_vocab(targets, 4, tok)
+    singles = {i for p, i in tok.get_vocab().items() if len(p) == 1}
+    assert singles <= vocab and len(vocab - singles) <= 4  # 4 frequent tokens (some may be single characters)
+    head = EmbeddingCTCHead(torch.nn.Embedding(len(tok), 8), tokenizer=tok)
+    head.set_vocab(vocab)
+    for text, ids in zip(texts, targets):
+        classes = head.to_classes(ids)
+        assert len(classes) >= len(ids) and max(classes) < head.vocab_size
+        pieces = head.to_tokens(classes)
+        assert tok.decode(pieces) == text  # the spelling says the same thing
+        for t in ids:  # each token's spelling is longest-match over the vocabulary and spells its string
+            spelled = [t] if t in vocab else head.spell(t)
+            assert "".join(tok.convert_ids_to_tokens(spelled)) == tok.convert_ids_to_tokens(t)
+    assert head.spell(tok.eos_token_id) is None  # special tokens (the end of turn) are never spelled
+    without = EmbeddingCTCHead(torch.nn.Embedding(len(tok), 8))  # no tokenizer: a token outside still fails, named
+    without.set_vocab(vocab)
+    outside = next(t for ids in targets for t in ids if t not in vocab)
+    with pytest.raises(ValueError, match=f"token {outside} is outside the head's vocabulary"):
+        without.to_classes([outside])
+
+
+def test_training_with_frequent_pieces_saves_them_and_decodes_with_spellings(tone_manifest, tmp_path):
+    """`model.ctc_vocab_size`: the loop keeps the N most frequent transcript tokens plus one-character ones, the
+    checkpoint holds that vocabulary, and a reloaded model spells in joint decoding (greedy CTC reads the pieces)."""
+    from speechlm.checkpoint import load_checkpoint
+    from speechlm.config import load_recipe
+    from speechlm.inference.transcribe import CTCTranscriber, Transcriber
+    from speechlm.tasks import get_task
+    from speechlm.training.loop import train
+
+    cfg = load_recipe("tiny-ctc", [f"data.train_manifest={tone_manifest}", f"train.out_dir={tmp_path / 'run'}",
+                                   "model.ctc_vocab_size=2", "model.train_encoder_layers=0",
+                                   "train.stages=[{steps: 2, tasks: [asr], trainable: adapter, lm: 0, ctc: 1}, "
+                                   "{steps: 1, tasks: [asr], trainable: [adapter, lora], ctc: 0.3}]", "train.max_steps=3"])
+    ckpt = train(cfg, progress=False)
+    model, _, _ = load_checkpoint(ckpt)
+    from speechlm.export.hf import ExportError, check_checkpoint
+
+    with pytest.raises(ExportError, match="ctc_vocab_size=2"):  # the exported decoder does not spell yet: refused
+        check_checkpoint(ckpt)
+    tok = model.tokenizer
+    singles = {i for p, i in tok.get_vocab().items() if len(p) == 1}
+    vocab = set(model.ctc.vocab.tolist())
+    assert singles <= vocab and len(vocab - singles) <= 2 and model.ctc.spells
+    words = {"zero", "one", "two", "three", "four", "five"}
+    spelled = [t for w in words for t in tok(w, add_special_tokens=False).input_ids if t not in vocab]
+    assert spelled and all(model.ctc.spell_classes(t) for t in spelled)  # what training spelled, decoding can too
+    waves = [0.1 * torch.randn(8000).numpy()]
+    assert isinstance(CTCTranscriber(model)(waves)[0], str)
+    assert isinstance(Transcriber(model, get_task("asr"), max_new_tokens=4)(waves)[0], str)  # joint, with spellings

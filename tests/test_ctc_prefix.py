@@ -48,6 +48,27 @@ def test_prefix_and_end_scores_match_brute_force():
             assert math.exp(scorer.end_score(row, prefix)) == pytest.approx(exact, rel=1e-4, abs=1e-9), (row, prefix)
 
 
+def test_a_spelled_token_scores_as_its_pieces():
+    """With a head of frequent pieces (model.ctc_vocab_size), an LLM token outside its vocabulary extends the prefix
+    by its pieces' classes one after the other: its scores equal those of the pieces' prefix, by brute force too."""
+    torch.manual_seed(1)
+    a, c = 5, 3
+    logp = torch.log_softmax(torch.randn(1, a, c + 1), dim=-1)  # [R, A, C+1]
+    spellings = {4: [0, 1], 5: [2, 2]}  # LLM ids 4 and 5 are spelled; 5 repeats a class (a blank must separate them)
+    scorer = CTCPrefixScorer(logp, torch.tensor([5]), torch.tensor([0, 1, 2, -1, -1, -1, -1]), eos_id=3, weight=0.5,
+                             spell=spellings.get)
+    plain = CTCPrefixScorer(logp, torch.tensor([5]), torch.tensor([0, 1, 2, -1]), eos_id=3, weight=0.5)
+    labellings = _brute(logp[0], 5, blank=c)
+    for spelled, pieces in [((4,), (0, 1)), ((5,), (2, 2)), ((1, 4), (1, 0, 1)), ((4, 1), (0, 1, 1)), ((4, 5), (0, 1, 2, 2))]:
+        assert scorer.prefix_score(0, spelled) == pytest.approx(plain.prefix_score(0, pieces), abs=1e-5)
+        assert scorer.end_score(0, spelled) == pytest.approx(plain.end_score(0, pieces), abs=1e-5)
+        exact = labellings.get(pieces, 0.0)
+        assert math.exp(scorer.end_score(0, spelled)) == pytest.approx(exact, rel=1e-4, abs=1e-9)
+    assert scorer.prefix_score(0, (6,)) == -math.inf  # no spelling: unsayable
+    out = scorer.score([()], torch.zeros(1, 7))  # a spelled token is a candidate like any other (all 7 in the top 8)
+    assert out[0, 4] > -math.inf and out[0, 6] == -math.inf
+
+
 def test_token_classes_map_llm_ids_to_the_heads_vocabulary():
     assert token_classes(torch.tensor([2, 5, 7]), 9).tolist() == [-1, -1, 0, -1, -1, 1, -1, 2, -1]
     assert token_classes(torch.zeros(0, dtype=torch.long), 4).tolist() == [0, 1, 2, 3]

@@ -119,6 +119,9 @@ def check_checkpoint(checkpoint: str | Path) -> tuple[RecipeConfig, Path]:
     if m.adapter not in PORTED_ADAPTERS:
         raise ExportError(f"{where}: model.adapter={m.adapter!r} is not ported to the exported model's code "
                           f"(supported: {', '.join(PORTED_ADAPTERS)})")
+    if m.ctc_vocab_size > 0:
+        raise ExportError(f"{where}: model.ctc_vocab_size={m.ctc_vocab_size}: the exported model's joint decoding does "
+                          "not spell tokens with the CTC head's pieces yet; export a checkpoint trained without it")
     if m.encoder not in WHISPER_ENCODERS:
         folder = Path(m.encoder)
         if (folder / "config.json").exists():

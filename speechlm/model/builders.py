@@ -173,7 +173,9 @@ def build_speechlm(cfg: ModelConfig, seed: int = 0, device: str | torch.device |
             adapter.out_norm.weight.fill_(float(embedding.weight.float().pow(2).mean().sqrt()))
     if (cfg.compress_audio or cfg.posterior_input) and not cfg.ctc_head:
         raise ValueError("model.compress_audio and model.posterior_input need model.ctc_head=true (they read the CTC posteriors)")
-    ctc = EmbeddingCTCHead(embedding) if cfg.ctc_head else None
+    ctc = EmbeddingCTCHead(embedding, tokenizer=tokenizer) if cfg.ctc_head else None
+    if ctc is not None:
+        ctc.spell_in_decoding = cfg.ctc_vocab_size > 0
     label_head = LabelAlignHead(embedding) if cfg.label_head else None
     model = SpeechLM(encoder, adapter, llm, tokenizer, audio_token=cfg.audio_token, system_prompt=cfg.system_prompt,
                      ctc=ctc, compress_audio=cfg.compress_audio, posterior_input=cfg.posterior_input,

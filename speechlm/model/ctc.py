@@ -20,6 +20,13 @@ than the adapter and encoder together. The training loop restricts the head to t
 transcripts (a few thousand; ``model.ctc_vocab: train``): a frame can only be pulled toward a token some
 transcript holds anyway, so the signal is the same for several times less compute. Decoding maps back to LLM ids.
 
+**Spelling with frequent pieces** (``model.ctc_vocab_size: N``, :func:`frequent_vocab`). A broad text corpus spreads
+its tokens thin: the demo's 77k training tokens hold 13k token types, and a third of the open-English dev tokens
+occur fewer than 5 times in them, so most classes get too few frames to learn. With N, the head keeps the N most
+frequent training tokens plus one-character tokens, and a target token outside them is spelled with them, longest
+piece first (as WordPiece segments a word; :meth:`EmbeddingCTCHead.to_classes`). The pieces are LLM tokens too,
+so greedy decoding, compression and joint decoding read them as they are.
+
 Also here: greedy CTC decoding (argmax, merge runs, drop blanks) and the Soundwave-style compression of what the
 LLM sees: drop the frames whose argmax is blank and average each run of frames with the same argmax.
 """
@@ -35,9 +42,13 @@ from torch import nn
 class EmbeddingCTCHead(nn.Module):
     """Scaled cosine of adapter frames against the LLM's token embeddings plus a learned blank (index V)."""
 
-    def __init__(self, embedding: nn.Embedding, init_scale: float = 1 / 0.07):
+    def __init__(self, embedding: nn.Embedding, init_scale: float = 1 / 0.07, tokenizer=None):
         super().__init__()
         self._embedding = [embedding]  # a list keeps E out of this module's parameters and state dict
+        self._tokenizer = tokenizer  # spells a target token outside a restricted vocabulary (None: such a token fails)
+        self._spellings: dict[int, list[int] | None] = {}
+        self._pieces: dict[str, int] | None = None
+        self.spell_in_decoding = False  # model.ctc_vocab_size > 0: joint decoding spells tokens outside the vocabulary
         h = embedding.weight.shape[1]
         self.blank = nn.Parameter(torch.randn(h) * embedding.weight.detach().float().std())  # [H]
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
@@ -50,6 +61,8 @@ class EmbeddingCTCHead(nn.Module):
         if len(ids) and (int(ids[0]) < 0 or int(ids[-1]) >= self._embedding[0].weight.shape[0]):
             raise ValueError(f"CTC vocabulary: token ids must lie in [0, {self._embedding[0].weight.shape[0]})")
         self.vocab = ids.to(self.blank.device)
+        self._spellings = {}
+        self._pieces = None
 
     @property
     def vocab_size(self) -> int:
@@ -60,15 +73,61 @@ class EmbeddingCTCHead(nn.Module):
     def blank_id(self) -> int:
         return self.vocab_size
 
+    def spell(self, token_id: int) -> list[int] | None:
+        """A token outside the restricted vocabulary as vocabulary tokens of the same (byte-level) string, longest
+        piece first; None when a character has no piece (or the head has no tokenizer)."""
+        if token_id in self._spellings:
+            return self._spellings[token_id]
+        out: list[int] | None = None
+        special = set(getattr(self._tokenizer, "all_special_ids", ()))  # the end of turn is never "spelled"
+        if self._tokenizer is not None and int(token_id) not in special:
+            if self._pieces is None:
+                self._pieces = dict(zip(self._tokenizer.convert_ids_to_tokens(self.vocab.tolist()), self.vocab.tolist()))
+            s, out, i = self._tokenizer.convert_ids_to_tokens(int(token_id)), [], 0
+            longest = max(map(len, self._pieces))
+            while out is not None and i < len(s):
+                j = next((j for j in range(min(len(s), i + longest), i, -1) if s[i:j] in self._pieces), None)
+                if j is None:
+                    out = None
+                else:
+                    out.append(self._pieces[s[i:j]])
+                    i = j
+        self._spellings[token_id] = out
+        return out
+
+    @property
+    def spells(self) -> bool:
+        """Whether joint decoding scores an LLM token outside the vocabulary by its spelling: a vocabulary of frequent
+        pieces (``model.ctc_vocab_size``; the builder sets ``spell_in_decoding``) and a tokenizer."""
+        return self.spell_in_decoding and self._tokenizer is not None and len(self.vocab) > 0
+
+    def spell_classes(self, token_id: int) -> list[int] | None:
+        """:meth:`spell` as class indices (joint decoding scores a spelled LLM token by them); None if unsayable."""
+        pieces = self.spell(int(token_id)) if len(self.vocab) else None
+        return torch.searchsorted(self.vocab.cpu(), torch.as_tensor(pieces, dtype=torch.long)).tolist() if pieces else None
+
     def to_classes(self, token_ids: list[int]) -> list[int]:
-        """LLM token ids -> class indices (identity without a restricted vocabulary). Raises on a token outside it."""
+        """LLM token ids -> class indices (identity without a restricted vocabulary). A token outside it is spelled
+        with its pieces (:meth:`spell`); one that cannot be raises."""
         if not len(self.vocab):
             return list(token_ids)
-        pos = torch.searchsorted(self.vocab.cpu(), torch.as_tensor(token_ids, dtype=torch.long))
-        pos = pos.clamp(max=len(self.vocab) - 1)
-        if not bool((self.vocab.cpu()[pos] == torch.as_tensor(token_ids, dtype=torch.long)).all()):
-            raise ValueError("CTC target has a token outside the head's vocabulary (set_vocab from all transcripts)")
-        return pos.tolist()
+        vocab = self.vocab.cpu()
+        ids = torch.as_tensor(token_ids, dtype=torch.long)
+        pos = torch.searchsorted(vocab, ids).clamp(max=len(vocab) - 1)
+        found = vocab[pos] == ids
+        if bool(found.all()):
+            return pos.tolist()
+        out: list[int] = []
+        for t, p, ok in zip(token_ids, pos.tolist(), found.tolist()):
+            if ok:
+                out.append(p)
+                continue
+            pieces = self.spell(int(t))
+            if pieces is None:
+                raise ValueError(f"CTC target token {int(t)} is outside the head's vocabulary and cannot be spelled "
+                                 "with it (set_vocab from all transcripts, or keep their one-character tokens)")
+            out += torch.searchsorted(vocab, torch.as_tensor(pieces, dtype=torch.long)).tolist()
+        return out
 
     def to_tokens(self, classes: list[int]) -> list[int]:
         """Class indices (no blanks) -> LLM token ids."""
@@ -90,6 +149,27 @@ class EmbeddingCTCHead(nn.Module):
         x = nn.functional.normalize(x, dim=-1) * self.log_scale.exp().to(x.dtype)  # [B, A, H]
         blank = nn.functional.normalize(self.blank.to(x.dtype), dim=-1)  # [H]
         return torch.cat([x @ e.T, (x @ blank)[..., None]], dim=-1)  # [B, A, C+1]
+
+
+def frequent_vocab(token_lists, size: int, tokenizer) -> set[int]:
+    """The ``size`` most frequent tokens of ``token_lists`` (ties: lower id first) plus every one-character token of
+    the tokenizer (a byte-level BPE has one per byte, so any text can be spelled); a training token with a character
+    no one-character token has is kept whole."""
+    from collections import Counter
+
+    counts = Counter(t for ids in token_lists for t in ids)
+    keep = {t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]}
+    keep.update(i for piece, i in tokenizer.get_vocab().items() if len(piece) == 1)
+    chars = tokenizer.convert_tokens_to_ids  # string -> id (the unknown id, or None, when absent)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for t in set(counts) - keep:
+        s = tokenizer.convert_ids_to_tokens(int(t))
+        ids = [chars(c) for c in s]
+        if all(i is not None and i != unk for i in ids):
+            keep.update(ids)
+        else:
+            keep.add(int(t))
+    return keep
 
 
 def ctc_loss(logits: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]], blank: int) -> tuple[torch.Tensor, int]:

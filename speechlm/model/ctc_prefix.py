@@ -17,7 +17,9 @@ K alone, a word the LLM does not expect could never be written, and the turn wou
 "in being comparatively modern", run F). The LLM keeps its fluency and knowledge of words; the CTC keeps it on the
 audio: a word the audio does not hold costs the prefix probability, and ending before the audio is covered (or
 running past it) costs the end-of-turn term. Tokens outside the CTC head's vocabulary get a CTC score of -inf, so
-with w > 0 the transcript is written in tokens the head knows.
+with w > 0 the transcript is written in tokens the head knows, unless the head spells them with its pieces
+(``model.ctc_vocab_size``, speechlm.model.ctc): then such a token extends the prefix by its pieces' classes, one
+after the other, and the LLM keeps writing its own tokens.
 
 Forward variables per prefix (log space): r[t, 0] = log P(frames 0..t give g, ending in a non-blank),
 r[t, 1] = ... ending in a blank. A prefix's variables come from its parent's in one pass over the frames,
@@ -47,7 +49,8 @@ class CTCPrefixScorer:
     """
 
     def __init__(self, ctc_logp: torch.Tensor, lengths: torch.Tensor, token_class: torch.Tensor, eos_id: int,
-                 weight: float, candidates: int = 8, active: torch.Tensor | None = None, beams: int = 1):
+                 weight: float, candidates: int = 8, active: torch.Tensor | None = None, beams: int = 1,
+                 spell=None):
         if not 0 < weight <= 1:
             raise ValueError(f"joint CTC decoding weight must lie in (0, 1], got {weight}")
         if candidates < 1:
@@ -57,6 +60,7 @@ class CTCPrefixScorer:
         self.beams = beams
         self.token_class = token_class.to(self.logp.device)  # [V]
         self.eos_id, self.weight, self.candidates = eos_id, weight, candidates
+        self.spell = spell  # LLM id outside the head's vocabulary -> its pieces' CTC classes, or None (unsayable)
         r = self.logp.shape[0]
         self.active = (torch.ones(r, dtype=torch.bool) if active is None else active.bool()).cpu()  # [B]
         self.blank = self.logp.shape[2] - 1
@@ -81,12 +85,25 @@ class CTCPrefixScorer:
             (i, ()): (empty[i], 0.0) for i in range(r)}
 
     # ---- the CTC side -------------------------------------------------------------------------------
+    def _classes(self, token: int) -> list[int] | None:
+        """The CTC classes an LLM token stands for: its own, its pieces' when the head spells it, None if unsayable."""
+        cls = int(self.token_class[token])
+        if cls >= 0:
+            return [cls]
+        return self.spell(token) if self.spell is not None else None
+
     def _extend(self, rows: list[int], parents: list[tuple[int, ...]], classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward variables [M, A, 2] and log psi [M] of each (clip, parent prefix) extended by one CTC class [M]."""
         dev = self.logp.device
-        idx = torch.tensor(rows, device=dev)  # [M]
         parent_r = torch.stack([self._cache[(i, p)][0] for i, p in zip(rows, parents)])  # [M, A, 2]
         last = torch.tensor([self._last_class(p) for p in parents], device=dev)  # [M], -1 for the empty prefix
+        return self._advance(rows, parent_r, last, classes)
+
+    def _advance(self, rows: list[int], parent_r: torch.Tensor, last: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward variables [M, A, 2] and log psi [M] after one CTC class [M], from the parents' variables
+        [M, A, 2] and their last classes [M] (-1: the empty prefix)."""
+        dev = self.logp.device
+        idx = torch.tensor(rows, device=dev)  # [M]
         y_c = self.logp[idx, :, classes]  # [M, A]: only the columns needed (all of them would be M x A x C floats)
         y_b = self.logp[idx, :, self.blank]  # [M, A]
         n_valid = self.lengths[idx]  # [M]
@@ -108,19 +125,25 @@ class CTCPrefixScorer:
         return r, psi
 
     def _last_class(self, prefix: tuple[int, ...]) -> int:
-        return int(self.token_class[prefix[-1]]) if prefix else -1
+        classes = self._classes(prefix[-1]) if prefix else None
+        return classes[-1] if classes else -1
 
     def _ensure(self, row: int, prefix: tuple[int, ...]) -> None:
         """Cache the forward variables of ``prefix`` (and of its own prefixes), e.g. after a forced end of turn."""
         if (row, prefix) in self._cache:
             return
         self._ensure(row, prefix[:-1])
-        cls = int(self.token_class[prefix[-1]])
-        if cls < 0:  # a token the head cannot say: the prefix has probability 0 from here on
+        classes = self._classes(prefix[-1])
+        dev = self.logp.device
+        if not classes:  # a token the head cannot say: the prefix has probability 0 from here on
             a = self.logp.shape[1]
-            self._cache[(row, prefix)] = (torch.full((a, 2), NEG_INF, device=self.logp.device), NEG_INF)
+            self._cache[(row, prefix)] = (torch.full((a, 2), NEG_INF, device=dev), NEG_INF)
             return
-        r, psi = self._extend([row], [prefix[:-1]], torch.tensor([cls], device=self.logp.device))
+        r = self._cache[(row, prefix[:-1])][0][None]  # [1, A, 2]
+        last = self._last_class(prefix[:-1])
+        for cls in classes:  # a spelled token: its pieces one after the other
+            r, psi = self._advance([row], r, torch.tensor([last], device=dev), torch.tensor([cls], device=dev))
+            last = cls
         self._cache[(row, prefix)] = (r[0], float(psi[0]))
 
     def end_score(self, row: int, prefix: tuple[int, ...]) -> float:
@@ -159,6 +182,11 @@ class CTCPrefixScorer:
         top = [list(dict.fromkeys(cands + self.audio_tokens[clip[i]])) for i, cands in zip(rows, top)]  # + the CTC's
         todo = {(clip[i], prefixes[i], c) for i, cands in zip(rows, top) for c in cands
                 if c != self.eos_id and int(self.token_class[c]) >= 0 and (clip[i], prefixes[i] + (c,)) not in self._cache}
+        if self.spell is not None:  # spelled candidates: their pieces one by one (few per step)
+            for i, cands in zip(rows, top):
+                for c in cands:
+                    if c != self.eos_id and int(self.token_class[c]) < 0:
+                        self._ensure(clip[i], prefixes[i] + (c,))
         if todo:
             todo = sorted(todo)
             new_r, new_psi = self._extend([b for b, _, _ in todo], [p for _, p, _ in todo],
@@ -176,7 +204,7 @@ class CTCPrefixScorer:
             for c in set(cands) | {self.eos_id}:
                 if c == self.eos_id:
                     ctc = self.end_score(b, prefix)
-                elif int(self.token_class[c]) < 0:
+                elif int(self.token_class[c]) < 0 and self.spell is None:
                     ctc = NEG_INF
                 else:
                     ctc = self._cache[(b, prefix + (c,))][1]

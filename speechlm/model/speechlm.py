@@ -198,7 +198,8 @@ class SpeechLM(nn.Module):
                 n_llm = self.causal_lm.get_output_embeddings().weight.shape[0]
                 scorer = CTCPrefixScorer(torch.log_softmax(logits.float(), dim=-1), lengths,  # [B, A, C+1], [B]
                                          token_classes(self.ctc.vocab, n_llm), self.eos_id, self.ctc_decode_weight,
-                                         self.ctc_decode_candidates, active=torch.tensor(transcript), beams=num_beams)
+                                         self.ctc_decode_candidates, active=torch.tensor(transcript), beams=num_beams,
+                                         spell=self.ctc.spell_classes if self.ctc.spells else None)
             audio, lengths = self.llm_audio(audio, lengths, logits)
         else:
             audio, lengths = self.llm_audio(audio, lengths)

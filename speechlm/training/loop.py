@@ -262,7 +262,13 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
         raise ValueError(f"model.ctc_vocab: expected train or all, got {cfg.model.ctc_vocab!r}")
     if model.ctc is not None and cfg.model.ctc_vocab == "train" and cuts:
         # the head scores only tokens some training transcript holds (speechlm.model.ctc: same signal, less compute)
-        model.ctc.set_vocab({t for c in cuts if c.text and c.text.strip() for t in model.formatter.ctc_ids(c.text)})
+        targets = [model.formatter.ctc_ids(c.text) for c in cuts if c.text and c.text.strip()]
+        if cfg.model.ctc_vocab_size > 0:  # the N most frequent pieces; the rest spelled with them (speechlm.model.ctc)
+            from speechlm.model.ctc import frequent_vocab
+
+            model.ctc.set_vocab(frequent_vocab(targets, cfg.model.ctc_vocab_size, model.tokenizer))
+        else:
+            model.ctc.set_vocab({t for ids in targets for t in ids})
     if cuts and "features" in cuts[0].labels:
         if not cfg.data.use_features:
             for c in cuts:
