@@ -243,6 +243,10 @@ class DemoConfig:
     features: bool = False
     """Run the frozen encoder once over the training clips before training (speechlm.model.features) and train
     from its cached outputs; the caching time is reported apart from training time."""
+    units_fit: str = "mixed"
+    """`speech-tokens` demos: the clips the tokenizer is fitted on: `mixed` (many voices and the real training
+    speakers) or `voice` (the vocoder's own voice only: every centroid is then a sound the single-voice vocoder has
+    heard, and other speakers' frames fall on those)."""
     asr_control: bool = True
     """Multi-task recipes: also train the same recipe on ASR alone for the same steps (forked where the stage
     table stops being ASR-only) and report its WER beside the multi-task model's (OSUM / SpeechVerse check)."""

@@ -55,7 +55,7 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
     synthetic: synthetic utterances to synthesize for training; -1: the recipe's demo.synthetic.
     real_per_source: cap on training clips per real source (0: no cap); -1: the recipe's demo.real_per_source.
     eval_per_subset: held-out clips scored per subset or task (0: all); -1: the recipe's demo.eval_per_subset.
-    recipe: training recipe (`speechlm ls recipes`); a multi-task recipe (osum-tiny) runs the ASR+X demo and per-task report; `units` fits speech tokens and a vocoder and scores the resynthesis ladder; `speechgpt-tiny` / `espnet-tiny` train a discrete speech LM.
+    recipe: training recipe (`speechlm ls recipes`); a multi-task recipe (osum-tiny) runs the ASR+X demo and per-task report; `units` fits speech tokens and a vocoder and scores the resynthesis ladder; `speechgpt-tiny` / `espnet-tiny` train a discrete speech LM; `whisper-anchor` trains the Whisper-decoder anchor on the demo's data.
     seed: seed for data, splits and training.
     """
     from speechlm.config import load_recipe

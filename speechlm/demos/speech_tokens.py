@@ -1,8 +1,8 @@
 """``speechlm demo --recipe units``: speech tokens and the way back to sound, end to end on the CPU.
 
-1. data: one Debian voice for the vocoder (flite slt), many voices plus the shared real training speakers for
-   the tokenizer (units must not depend on who speaks), held-out synthetic sentences in other voices, and the
-   held-out real RAVDESS and spoken-digit speakers;
+1. data: one Debian voice for the vocoder (flite slt), which the tokenizer is fitted on too (``demo.units_fit:
+   voice``; ``mixed``: many voices plus the shared real training speakers), held-out synthetic sentences in other
+   voices, and the held-out real RAVDESS and spoken-digit speakers;
 2. fit the recipe's tokenizer (``units`` section) and train its unit vocoder (``vocoder`` section), each timed;
 3. the resynthesis ladder (:mod:`speechlm.evaluation.resynthesis`) on the held-out subsets, with WAVs and
    spectrograms, and the issue's targets checked against the measured figures.
@@ -64,6 +64,10 @@ def demo_speech_tokens(recipe: str, out: str, synthetic: int, real_per_source: i
                 subsets[f"held-out {corpus}"] = _sample(cuts, eval_per_subset, seed)
     else:
         print("[speechlm demo] ../shared/data/real not found: scoring synthetic speech only", flush=True)
+    if cfg.demo.units_fit not in ("mixed", "voice"):
+        raise ValueError(f"recipe {recipe}: demo.units_fit must be mixed or voice, not {cfg.demo.units_fit!r}")
+    if cfg.demo.units_fit == "voice":  # the vocoder's voice alone (README: FSDD units 165% -> 75% WER, one arm)
+        fit_cuts = read_manifest(voice)
     write_manifest(data / "fit.jsonl", fit_cuts)
     timing["data_min"] = (time.time() - t0) / 60
 
