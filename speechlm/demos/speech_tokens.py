@@ -38,6 +38,8 @@ def demo_speech_tokens(recipe: str, out: str, synthetic: int, real_per_source: i
     from speechlm.inference.speech_tokens import load_speech_tokens
 
     cfg = load_recipe(recipe)
+    if cfg.demo.units_fit not in ("mixed", "voice"):  # refused before any data is built
+        raise ValueError(f"recipe {recipe}: demo.units_fit must be mixed or voice, not {cfg.demo.units_fit!r}")
     run = Path(out)
     data = run / "data"
     t0 = time.time()
@@ -64,8 +66,6 @@ def demo_speech_tokens(recipe: str, out: str, synthetic: int, real_per_source: i
                 subsets[f"held-out {corpus}"] = _sample(cuts, eval_per_subset, seed)
     else:
         print("[speechlm demo] ../shared/data/real not found: scoring synthetic speech only", flush=True)
-    if cfg.demo.units_fit not in ("mixed", "voice"):
-        raise ValueError(f"recipe {recipe}: demo.units_fit must be mixed or voice, not {cfg.demo.units_fit!r}")
     if cfg.demo.units_fit == "voice":  # the vocoder's voice alone (README: FSDD units 165% -> 75% WER, one arm)
         fit_cuts = read_manifest(voice)
     write_manifest(data / "fit.jsonl", fit_cuts)

@@ -22,6 +22,8 @@ import math
 import torch
 from torch import nn
 
+from speechlm.model.whisper_anchor import WhisperDecoderAdapter
+
 
 class StackingProjector(nn.Module):
     """Frame stacking + MLP (Ultravox): k frames concatenated, LayerNorm, Linear-GELU-Linear."""
@@ -117,8 +119,6 @@ class StackTransformer(nn.Module):
         y = self.proj(h)  # [B, A, H]
         return self.out_norm(y) if self.out_norm is not None else y
 
-
-from speechlm.model.whisper_anchor import WhisperDecoderAdapter  # noqa: E402  (the registry lists it beside the others)
 
 ADAPTERS: dict[str, type[nn.Module]] = {"stack": StackingProjector, "conv": ConvDownsampler, "stack-tf": StackTransformer,
                                         "whisper-decoder": WhisperDecoderAdapter}

@@ -95,8 +95,9 @@ def load_encoder(name: str, dtype: torch.dtype = torch.float32, attn_implementat
 def load_encoder_decoder(name: str, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
                          decoder: bool = True) -> tuple[nn.Module, nn.Module | None, object | None, object | None]:
     """(``WhisperEncoder``, ``WhisperDecoder``, ``GenerationConfig``, tokenizer) of one Whisper by registry name,
-    folder or hub id; with ``decoder=False`` the last three are None (so is the tokenizer of a folder without one). The decoder feeds the ``whisper-decoder`` anchor adapter. The
-    tests' ``tiny-whisper`` gets a random 1-layer decoder (seeded apart from its encoder, which stays as before)."""
+    folder or hub id; with ``decoder=False`` the last three are None (so is the tokenizer of a folder without one).
+    The decoder feeds the ``whisper-decoder`` anchor adapter. The tests' ``tiny-whisper`` gets a random 1-layer
+    decoder (seeded apart from its encoder, which stays as before)."""
     if name == "tiny-whisper":
         enc = build_tiny_whisper_encoder(dtype=dtype, attn_implementation=attn_implementation)
         if not decoder:

@@ -79,12 +79,13 @@ class EmbeddingCTCHead(nn.Module):
         if token_id in self._spellings:
             return self._spellings[token_id]
         out: list[int] | None = None
-        special = set(getattr(self._tokenizer, "all_special_ids", ()))  # the end of turn is never "spelled"
-        if self._tokenizer is not None and int(token_id) not in special:
-            if self._pieces is None:
-                self._pieces = dict(zip(self._tokenizer.convert_ids_to_tokens(self.vocab.tolist()), self.vocab.tolist()))
+        if self._tokenizer is not None and self._pieces is None:  # built once per vocabulary
+            self._pieces = dict(zip(self._tokenizer.convert_ids_to_tokens(self.vocab.tolist()), self.vocab.tolist()))
+            self._longest = max(map(len, self._pieces))
+            self._special = set(getattr(self._tokenizer, "all_special_ids", ()))  # the end of turn is never "spelled"
+        if self._tokenizer is not None and int(token_id) not in self._special:
             s, out, i = self._tokenizer.convert_ids_to_tokens(int(token_id)), [], 0
-            longest = max(map(len, self._pieces))
+            longest = self._longest
             while out is not None and i < len(s):
                 j = next((j for j in range(min(len(s), i + longest), i, -1) if s[i:j] in self._pieces), None)
                 if j is None:
@@ -159,16 +160,9 @@ def frequent_vocab(token_lists, size: int, tokenizer) -> set[int]:
 
     counts = Counter(t for ids in token_lists for t in ids)
     keep = {t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]}
-    keep.update(i for piece, i in tokenizer.get_vocab().items() if len(piece) == 1)
-    chars = tokenizer.convert_tokens_to_ids  # string -> id (the unknown id, or None, when absent)
-    unk = getattr(tokenizer, "unk_token_id", None)
-    for t in set(counts) - keep:
-        s = tokenizer.convert_ids_to_tokens(int(t))
-        ids = [chars(c) for c in s]
-        if all(i is not None and i != unk for i in ids):
-            keep.update(ids)
-        else:
-            keep.add(int(t))
+    singles = {piece for piece in tokenizer.get_vocab() if len(piece) == 1}
+    keep.update(tokenizer.convert_tokens_to_ids(sorted(singles)))
+    keep.update(t for t in set(counts) - keep if not set(tokenizer.convert_ids_to_tokens(int(t))) <= singles)
     return keep
 
 
