@@ -18,9 +18,9 @@ decoded tokens, so ``forward`` returns (frames, lengths).
 
 Whisper's decoder needs Whisper's input: the encoder's output over the whole 30-s window, silence included. On the
 real-length frames the rest of the toolkit uses, tiny.en's decoder loops on short clips (25 ``asr_en`` clips:
-512% WER real-length, 353% on 30-s frames cut back to the speech, 3.0% on the whole window), so the builder sets
-the encoder to keep the window (``SpeechEncoder.keep_window``), and all clips then share F = 1500 frames: the batch
-decodes together with no cross-attention mask.
+658% WER real-length, 453% cut back to the speech, 3.0% on the whole window; benchmarks/whisper_window_probe.py),
+so the builder sets the encoder to keep the window (``SpeechEncoder.keep_window``), and all clips then share
+F = 1500 frames: the batch decodes together with no cross-attention mask.
 """
 
 from __future__ import annotations
