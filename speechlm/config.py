@@ -66,10 +66,11 @@ class ModelConfig:
     against the LLM's embeddings of each closed-set label word (gender, emotion, ...), trained by train.label_weight /
     a stage's `label` from every label field in the manifest. No LLM forward: the clip-level analogue of the CTC head."""
     label_frames: list[str] = field(default_factory=list)
-    """Closed-set tasks (e.g. [sgc, ser]: gender, emotion) whose label the model writes into the LLM's input: per
-    task a linear probe on the encoder's mean-pooled output, whose posterior times the LLM's embeddings of the label
-    words is one frame before the audio frames (speechlm.model.label_frames). Trained by train.label_weight / a
-    stage's `label` from every such label in the manifest; not with ctc_head or label_head."""
+    """Closed-set tasks (e.g. [sgc, ser]: gender, emotion) whose label the model writes into the LLM's input as a tag
+    before the audio frames ("gender: female emotion: happy"): per task a linear probe on the encoder's mean-pooled
+    output, fitted by L-BFGS on the training clips before the first step, then trained by train.label_weight / a
+    stage's `label`; the tag holds its argmax label's words (speechlm.model.label_frames). Not with ctc_head or
+    label_head."""
     ctc_vocab: str = "train"
     """Tokens the CTC head scores: `train` (those of the training transcripts, several times cheaper than all of
     SmolLM2's 49k; set when training starts and saved in the checkpoint) or `all`."""

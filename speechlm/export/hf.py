@@ -122,6 +122,9 @@ def check_checkpoint(checkpoint: str | Path) -> tuple[RecipeConfig, Path]:
     if m.ctc_vocab_size > 0:
         raise ExportError(f"{where}: model.ctc_vocab_size={m.ctc_vocab_size}: the exported model's joint decoding does "
                           "not spell tokens with the CTC head's pieces yet; export a checkpoint trained without it")
+    if m.label_frames:
+        raise ExportError(f"{where}: model.label_frames={m.label_frames}: the exported model's adapter has no label "
+                          "probes yet; export a checkpoint trained without them")
     if m.encoder not in WHISPER_ENCODERS:
         folder = Path(m.encoder)
         if (folder / "config.json").exists():

@@ -23,6 +23,7 @@ from speechlm.backbones.llm import LLMS, load_llm
 from speechlm.config import ModelConfig
 from speechlm.model.adapter import ADAPTERS
 from speechlm.model.ctc import EmbeddingCTCHead
+from speechlm.model.label_frames import LabelField, LabelFramesAdapter, LabelFramesHead
 from speechlm.model.labels import LabelAlignHead
 from speechlm.model.encoder import SpeechEncoder
 from speechlm.model.speechlm import SpeechLM
@@ -178,6 +179,9 @@ def build_speechlm(cfg: ModelConfig, seed: int = 0, device: str | torch.device |
     if ctc is not None:
         ctc.spell_in_decoding = cfg.ctc_vocab_size > 0
     label_head = LabelAlignHead(embedding) if cfg.label_head else None
+    if cfg.label_frames:
+        adapter = label_frames_adapter(cfg, adapter, embedding, tokenizer, encoder.dim)
+        label_head = LabelFramesHead(adapter)
     model = SpeechLM(encoder, adapter, llm, tokenizer, audio_token=cfg.audio_token, system_prompt=cfg.system_prompt,
                      ctc=ctc, compress_audio=cfg.compress_audio, posterior_input=cfg.posterior_input,
                      ctc_length_budget=cfg.ctc_length_budget, label_head=label_head,
@@ -188,6 +192,37 @@ def build_speechlm(cfg: ModelConfig, seed: int = 0, device: str | torch.device |
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
     return model.to(device) if device is not None else model
+
+
+def label_frames_adapter(cfg: ModelConfig, adapter: nn.Module, embedding: nn.Embedding, tokenizer,
+                         in_dim: int) -> LabelFramesAdapter:
+    """``adapter`` wrapped with a tag per task of ``cfg.label_frames`` (speechlm.model.label_frames): the field's name
+    and a colon ("age group:"), then its label; the labels also tokenized as the training targets tokenize them
+    (speechlm.model.labels.clip_label_targets), which is how a target finds its probe."""
+    from speechlm.tasks import get_task
+
+    clash = [n for n, on in (("ctc_head", cfg.ctc_head), ("label_head", cfg.label_head),
+                             ("adapter=whisper-decoder", cfg.adapter == "whisper-decoder")) if on]
+    if clash:
+        raise ValueError(f"model.label_frames does not go with model.{clash[0]}: a CTC head would score the label "
+                         "frames as speech, a label head is the other way to train labels, the anchor's frames are Whisper's")
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    fields, targets = {}, set()
+    for name in cfg.label_frames:
+        task = get_task(name)
+        if task.labels is None or task.asr_prefix or task.target == "text":
+            raise ValueError(f"model.label_frames: {name!r} is not a closed-set label task (one with a label list, "
+                             "e.g. sgc, ser, sap)")
+        if task.target in targets:
+            raise ValueError(f"model.label_frames: two tasks name the field {task.target!r}")
+        targets.add(task.target)
+        words = [lab.replace("_", " ").strip() for lab in task.labels]
+        fields[name] = LabelField(candidates=tuple(tuple(ids(w)) for w in words),
+                                  prefix=tuple(ids(task.target.replace("_", " ") + ":")),
+                                  tags=tuple(tuple(ids(" " + w)) for w in words))
+    return LabelFramesAdapter(adapter, embedding, fields, in_dim)
 
 
 SIZES: dict[str, ModelConfig] = {

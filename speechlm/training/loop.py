@@ -34,6 +34,7 @@ from speechlm.config import RecipeConfig, to_dict
 from speechlm.data.manifest import Cut, ManifestError, validate
 from speechlm.data.sampler import DurationBatchSampler
 from speechlm.model.builders import build_speechlm
+from speechlm.model.label_frames import LabelFramesAdapter
 from speechlm.model.speechlm import Batch, SpeechLM
 from speechlm.tasks import get_task
 from speechlm.training.dataset import SpeechDataset, collate
@@ -185,6 +186,35 @@ def validation_metrics(model: SpeechLM, cuts: list[Cut], cfg: RecipeConfig, devi
     return out
 
 
+@torch.no_grad()
+def fit_label_probes(model: SpeechLM, cuts: list[Cut], task, seed: int, device: torch.device,
+                     skip_bad: bool = False, n: int = 4000) -> dict[str, int]:
+    """Fit the label probes (speechlm.model.label_frames) before the first step, as the linear probe is fitted: L-BFGS
+    on the mean-pooled encoder frames of up to ``n`` training clips (one pass of the encoder). The clips are drawn by
+    seed from the whole list, not a rank's shard, so every rank fits the same probes. Returns clips per field."""
+    from speechlm.model.labels import clip_label_targets
+    from speechlm.tasks import TASKS
+
+    pick = sorted(random.Random(seed).sample(range(len(cuts)), min(n, len(cuts))))
+    ds = SpeechDataset([cuts[i] for i in pick], task, model.formatter, seed=seed, with_targets=False, skip_bad=skip_bad)
+    label_tasks = [t for t in TASKS.values() if t.labels is not None]
+    pooled, targets, batch_items = [], [], []
+    was_training = model.training
+    model.eval()
+    for k, i in enumerate(pick):
+        item = ds[k]
+        if item is not None:  # skip_bad: an unreadable clip is left out
+            batch_items.append(item)
+            targets.append(clip_label_targets(cuts[i].labels, label_tasks, model.formatter.ctc_ids))
+        if batch_items and (len(batch_items) == 16 or k == len(pick) - 1):
+            batch = move(collate(batch_items), device)
+            model.adapt(batch.waves, batch.frames)
+            pooled.append(model.adapter.last_pooled)  # [b, D]
+            batch_items = []
+    model.train(was_training)
+    return model.adapter.fit_probes(torch.cat(pooled).cpu(), targets)  # [N, D]
+
+
 def _plain(text: str) -> str:
     """Lower case, letters, digits and apostrophes only: enough to compare CTC transcripts in the training log."""
     return " ".join("".join(ch if ch.isalnum() or ch == "'" else " " for ch in text.lower()).split())
@@ -226,8 +256,9 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
 
     if any(loss_weights(k)[1] > 0 for k in range(max(1, len(stages)))) and not cfg.model.ctc_head:
         raise ValueError("a CTC weight above 0 (train.ctc_weight or a stage's ctc) needs model.ctc_head=true")
-    if any(loss_weights(k)[2] > 0 for k in range(max(1, len(stages)))) and not cfg.model.label_head:
-        raise ValueError("a label weight above 0 (train.label_weight or a stage's label) needs model.label_head=true")
+    if any(loss_weights(k)[2] > 0 for k in range(max(1, len(stages)))) and not (cfg.model.label_head or cfg.model.label_frames):
+        raise ValueError("a label weight above 0 (train.label_weight or a stage's label) needs model.label_head=true "
+                         "or model.label_frames")
     if cfg.data.train_shards:  # streaming tar shards: checked when written (speechlm prepare --shards)
         from speechlm.data.shards import ShardDataset, ShardedCuts, iter_shards
 
@@ -278,6 +309,10 @@ def train(cfg: RecipeConfig, resume: str | None = None, progress: bool = True) -
 
             # refuses another encoder's features, or frames cut at another depth than the trained top layers
             verify_features(cfg.data.train_manifest, model.encoder, below_top=cfg.model.train_encoder_layers)
+    if cuts and not resume and isinstance(model.adapter, LabelFramesAdapter):
+        fitted = fit_label_probes(model, cuts, task, cfg.train.seed, device, skip_bad=cfg.data.skip_bad)
+        if rank == 0:
+            print(f"[speechlm] label probes fitted on the training clips: {fitted}", flush=True)
     if cfg.data.frame_mask and not (cuts and "features" in cuts[0].labels):
         raise ValueError("data.frame_mask masks cached encoder frames: the training manifest needs them "
                          "(speechlm prepare --features) and data.use_features=true")
