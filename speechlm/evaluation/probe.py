@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from speechlm.evaluation.taskmetrics import accuracy_f1, normalize_label
+from speechlm.model.label_frames import fit_logreg
 
 __all__ = ["majority_baseline", "pooled_features", "linear_probe", "cut_label"]
 
@@ -147,25 +148,6 @@ def _labels_of(cuts: Sequence[Any], label_key: str, split: str) -> tuple[list[An
     return keep, labels
 
 
-def _fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float, max_iter: int) -> nn.Linear:
-    """Multinomial logistic regression: mean cross-entropy + weight_decay/2 * ||W||^2 (bias unpenalized)."""
-    model = nn.Linear(x.shape[1], n_classes).double()
-    nn.init.zeros_(model.weight)
-    nn.init.zeros_(model.bias)
-    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y) + 0.5 * weight_decay * model.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    return model
-
-
 def linear_probe(
     encoder: nn.Module,
     train_cuts: Sequence[Any],
@@ -221,7 +203,7 @@ def linear_probe(
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = _fit_logreg(torch.from_numpy(x_train), y, len(classes), weight_decay, max(1, epochs))
+        model = fit_logreg(torch.from_numpy(x_train), y, len(classes), weight_decay, max(1, epochs))
     finally:
         torch.random.set_rng_state(gen_state)
     with torch.no_grad():

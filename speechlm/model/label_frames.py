@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["LabelField", "LabelFramesAdapter", "LabelFramesHead"]
+__all__ = ["LabelField", "LabelFramesAdapter", "LabelFramesHead", "fit_logreg"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,27 @@ class LabelField:
     """The tag's words before the label, e.g. the tokens of "emotion:"."""
     tags: tuple[tuple[int, ...], ...]
     """Each label's tokens inside the tag (with a leading space): K tuples; a label frame is one label's mean."""
+
+
+def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float, max_iter: int) -> nn.Linear:
+    """Multinomial logistic regression by L-BFGS from zero: mean cross-entropy + weight_decay/2 * ||W||^2 (bias
+    unpenalized); x [N, D] float64, y [N]. The in-model probes and the report's linear probe
+    (speechlm.evaluation.probe) are fitted by this one function."""
+    model = nn.Linear(x.shape[1], n_classes).double()
+    nn.init.zeros_(model.weight)
+    nn.init.zeros_(model.bias)
+    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                            tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y) + 0.5 * weight_decay * model.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return model
 
 
 class LabelFramesAdapter(nn.Module):
@@ -139,20 +160,7 @@ class LabelFramesAdapter(nn.Module):
                 continue
             x = x_all[[n for n, _ in rows]]  # [N_g, D]
             y = torch.tensor([idx for _, idx in rows])  # [N_g]
-            lin = nn.Linear(x.shape[1], head.out_features).double()
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
-            opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
-                                    tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
-
-            def closure() -> torch.Tensor:  # mean cross-entropy + L2 on the weights, as linear_probe's fit
-                opt.zero_grad()
-                loss = nn.functional.cross_entropy(lin(x), y) + 0.5 * weight_decay * lin.weight.pow(2).sum()
-                loss.backward()
-                return loss
-
-            with torch.enable_grad():
-                opt.step(closure)
+            lin = fit_logreg(x, y, head.out_features, weight_decay, max_iter)
             head.weight.copy_(lin.weight)
             head.bias.copy_(lin.bias)
         return counts
